@@ -1,0 +1,344 @@
+//! `WorkersConfig`: how many workers, on which queue backend, with which runner, where the
+//! embedded store keeps its file, where the API listens.
+//!
+//! Built in code with defaults, then overridden by the environment
+//! ([`WorkersConfig::apply_env`]). Settings whose machinery has not landed yet (runner modes
+//! other than `in-process`, per-topic worker groups, server backends) are accepted by the
+//! type but refused by [`WorkersConfig::validate`] with a clear error, never silently ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which queue backend to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueProvider {
+    /// Pick from the environment (see [`crate::runtime`]); the embedded store when nothing
+    /// else is configured.
+    #[default]
+    Auto,
+    /// The durable SQLite store in the data directory.
+    Embedded,
+    /// PostgreSQL (not in this build yet).
+    Postgres,
+    /// Redis or Garnet (not in this build yet).
+    Redis,
+    /// RabbitMQ over AMQP 0.9.1 (not in this build yet).
+    Amqp,
+    /// In-process, not durable.
+    Memory,
+}
+
+impl std::str::FromStr for QueueProvider {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => Self::Auto,
+            "embedded" => Self::Embedded,
+            "postgres" | "postgresql" => Self::Postgres,
+            "redis" | "garnet" => Self::Redis,
+            "amqp" | "rabbitmq" => Self::Amqp,
+            "memory" => Self::Memory,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    field: "queue_provider",
+                    message: format!("unknown provider `{s}`; expected auto, embedded, postgres, redis, amqp or memory"),
+                });
+            }
+        })
+    }
+}
+
+impl QueueProvider {
+    /// The provider's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Embedded => "embedded",
+            Self::Postgres => "postgres",
+            Self::Redis => "redis",
+            Self::Amqp => "amqp",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+/// Where a job's attempt runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RunnerMode {
+    /// A tokio task in the serving process.
+    #[default]
+    InProcess,
+    /// A pool of dedicated OS threads (not in this build yet).
+    ThreadPool,
+    /// A child process re-executing this binary (not in this build yet).
+    Subprocess,
+}
+
+impl std::str::FromStr for RunnerMode {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        Ok(match s {
+            "in-process" => Self::InProcess,
+            "thread-pool" => Self::ThreadPool,
+            "subprocess" => Self::Subprocess,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    field: "runner",
+                    message: format!("unknown runner `{s}`; expected in-process, thread-pool or subprocess"),
+                });
+            }
+        })
+    }
+}
+
+/// How a worker group is deployed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ScalingMode {
+    /// Workers, scheduler and API in one process.
+    #[default]
+    Combined,
+    /// Workers and API as separate processes on one queue.
+    Distributed,
+}
+
+/// Scaling of one worker group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scaling {
+    /// Deployment mode.
+    pub mode: ScalingMode,
+    /// Slots for this group.
+    pub concurrency: usize,
+}
+
+/// How long execution history is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Days in the key-value store.
+    pub kv_days: u32,
+    /// Days in a database that keeps history.
+    pub db_days: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { kv_days: 7, db_days: 90 }
+    }
+}
+
+/// Settings of one topic's worker group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// Scaling.
+    pub scaling: Option<Scaling>,
+    /// Retention.
+    pub retention: Retention,
+}
+
+/// A configuration problem.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A setting has a bad value.
+    #[error("invalid `{field}`: {message}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A setting asks for something this build does not have yet.
+    #[error("`{field}` = {value} is not supported yet: {message}")]
+    Unsupported {
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What to do instead.
+        message: String,
+    },
+}
+
+/// The runtime's configuration. See the [module docs](self).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkersConfig {
+    /// Run workers at all (an API-only process sets this to false).
+    pub enabled: bool,
+    /// Jobs run at once (default 2; `WORKERS_CONCURRENCY`).
+    pub concurrency: usize,
+    /// Queue backend (`NETSCRIPT_QUEUE_PROVIDER`).
+    pub queue_provider: QueueProvider,
+    /// Name of the queue (default `jobs`).
+    pub queue_name: String,
+    /// Per-topic worker groups.
+    pub groups: BTreeMap<String, GroupConfig>,
+    /// Where attempts run.
+    pub runner: RunnerMode,
+    /// Directory of the embedded store (default `.netscript`; `NETSCRIPT_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API (default 127.0.0.1:8091; `NETSCRIPT_API_ADDR`).
+    pub api_addr: SocketAddr,
+    /// How long a claim holds before another worker may take the message; running jobs
+    /// extend it every third of this.
+    pub lease: Duration,
+    /// Timeout of jobs that set none.
+    pub default_timeout: Duration,
+    /// How long shutdown waits for running jobs before cancelling them.
+    pub shutdown_timeout: Duration,
+    /// Longest idle wait between claims when the backend cannot notify (another process
+    /// enqueued into the embedded store).
+    pub poll_interval: Duration,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            concurrency: 2,
+            queue_provider: QueueProvider::Auto,
+            queue_name: "jobs".into(),
+            groups: BTreeMap::new(),
+            runner: RunnerMode::InProcess,
+            data_dir: PathBuf::from(".netscript"),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 8091)),
+            lease: Duration::from_secs(30),
+            default_timeout: Duration::from_secs(300),
+            shutdown_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What `apply_env` noticed, for the caller to log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnvReport {
+    /// Warnings to show loudly.
+    pub warnings: Vec<String>,
+}
+
+impl WorkersConfig {
+    /// Overrides settings from the process environment.
+    pub fn apply_env(&mut self) -> Result<EnvReport, ConfigError> {
+        self.apply_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Overrides settings from `var` (a lookup such as `std::env::var`).
+    pub fn apply_vars(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<EnvReport, ConfigError> {
+        let mut report = EnvReport::default();
+        match (var("WORKERS_CONCURRENCY"), var("WORKER_CONCURRENCY")) {
+            (Some(v), _) => self.concurrency = parse_concurrency(&v)?,
+            (None, Some(v)) => report.warnings.push(format!(
+                "WORKER_CONCURRENCY={v} is IGNORED: the variable is WORKERS_CONCURRENCY (plural); \
+                 running with concurrency {}",
+                self.concurrency
+            )),
+            (None, None) => {}
+        }
+        if let Some(v) = var("NETSCRIPT_QUEUE_PROVIDER") {
+            self.queue_provider = v.parse()?;
+        }
+        if let Some(v) = var("NETSCRIPT_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = var("NETSCRIPT_API_ADDR") {
+            self.api_addr = v.parse().map_err(|e| ConfigError::Invalid {
+                field: "api_addr",
+                message: format!("`{v}` is not a socket address such as 127.0.0.1:8091: {e}"),
+            })?;
+        }
+        if let Some(v) = var("NETSCRIPT_RUNNER") {
+            self.runner = v.parse()?;
+        }
+        Ok(report)
+    }
+
+    /// Refuses settings that are wrong or not supported by this build.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.concurrency == 0 {
+            return Err(ConfigError::Invalid { field: "concurrency", message: "must be at least 1".into() });
+        }
+        if self.queue_name.is_empty() {
+            return Err(ConfigError::Invalid { field: "queue_name", message: "must not be empty".into() });
+        }
+        if self.lease < Duration::from_millis(300) {
+            return Err(ConfigError::Invalid { field: "lease", message: "must be at least 300ms".into() });
+        }
+        match self.runner {
+            RunnerMode::InProcess => {}
+            other => {
+                return Err(ConfigError::Unsupported {
+                    field: "runner",
+                    value: format!("{other:?}"),
+                    message: "only the in-process runner exists in this version; the thread-pool and \
+                              subprocess runners are planned"
+                        .into(),
+                });
+            }
+        }
+        if let Some(topic) = self.groups.keys().next() {
+            return Err(ConfigError::Unsupported {
+                field: "groups",
+                value: format!("{{ {topic:?}: ... }}"),
+                message: "per-topic worker groups are planned; today every topic shares the one pool \
+                          of `concurrency` slots"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn parse_concurrency(v: &str) -> Result<usize, ConfigError> {
+    match v.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ConfigError::Invalid {
+            field: "concurrency",
+            message: format!("WORKERS_CONCURRENCY=`{v}` is not a positive whole number"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn plural_variable_sets_concurrency() {
+        let mut c = WorkersConfig::default();
+        let r = c.apply_vars(vars(&[("WORKERS_CONCURRENCY", "8")])).unwrap();
+        assert_eq!(c.concurrency, 8);
+        assert!(r.warnings.is_empty());
+    }
+
+    #[test]
+    fn singular_variable_alone_is_ignored_loudly() {
+        let mut c = WorkersConfig::default();
+        let r = c.apply_vars(vars(&[("WORKER_CONCURRENCY", "8")])).unwrap();
+        assert_eq!(c.concurrency, 2);
+        assert_eq!(r.warnings.len(), 1);
+        assert!(r.warnings[0].contains("IGNORED"), "{}", r.warnings[0]);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let mut c = WorkersConfig::default();
+        let e = c.apply_vars(vars(&[("WORKERS_CONCURRENCY", "lots")])).unwrap_err();
+        assert!(e.to_string().contains("concurrency"), "{e}");
+        let e = c.apply_vars(vars(&[("NETSCRIPT_QUEUE_PROVIDER", "kafka")])).unwrap_err();
+        assert!(e.to_string().contains("kafka"), "{e}");
+    }
+
+    #[test]
+    fn unlanded_settings_are_refused_not_ignored() {
+        let c = WorkersConfig { runner: RunnerMode::Subprocess, ..WorkersConfig::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Unsupported { field: "runner", .. })));
+        let mut c = WorkersConfig::default();
+        c.groups.insert("payments".into(), GroupConfig::default());
+        assert!(matches!(c.validate(), Err(ConfigError::Unsupported { field: "groups", .. })));
+        assert_eq!(WorkersConfig::default().validate(), Ok(()));
+    }
+}

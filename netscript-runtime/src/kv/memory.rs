@@ -1,0 +1,161 @@
+//! An in-process key-value store: exact, fast, not durable. For tests and benchmarks.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use super::{AtomicWrite, Entry, Key, Kv, KvError, KvEvent, KvWatch, ListOptions, Mutation, Versionstamp};
+use crate::time::Timestamp;
+
+/// Capacity of the change channel behind [`Kv::watch`]; a watcher further behind than this
+/// gets [`WatchError::Lagged`](super::WatchError::Lagged).
+pub const WATCH_CAPACITY: usize = 4096;
+
+struct State {
+    entries: BTreeMap<Vec<u8>, Entry>,
+    version: u64,
+}
+
+/// The in-memory store.
+pub struct MemoryKv {
+    state: Mutex<State>,
+    events: broadcast::Sender<(Vec<u8>, KvEvent)>,
+}
+
+impl Default for MemoryKv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryKv {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(State { entries: BTreeMap::new(), version: 0 }),
+            events: broadcast::channel(WATCH_CAPACITY).0,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Writes either fully apply or return before touching the map, so a poisoned lock
+        // still guards consistent data.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn live(entry: &Entry, now: Timestamp) -> bool {
+    entry.expires_at.is_none_or(|t| t > now)
+}
+
+/// The first encoded key after every key that starts with `prefix`, or `None` when no such
+/// key exists (the prefix is all `0xff`).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[async_trait]
+impl Kv for MemoryKv {
+    fn provider(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>, KvError> {
+        let now = Timestamp::now();
+        let st = self.lock();
+        Ok(keys
+            .iter()
+            .map(|k| st.entries.get(&k.encode()).filter(|e| live(e, now)).cloned())
+            .collect())
+    }
+
+    async fn atomic(&self, write: AtomicWrite) -> Result<Option<Versionstamp>, KvError> {
+        let now = Timestamp::now();
+        let mut events = Vec::with_capacity(write.mutations.len());
+        let version = {
+            let mut st = self.lock();
+            for check in &write.checks {
+                let current = st.entries.get(&check.key.encode()).filter(|e| live(e, now)).map(|e| e.versionstamp);
+                if current != check.versionstamp {
+                    return Ok(None);
+                }
+            }
+            st.version += 1;
+            let version = Versionstamp(st.version);
+            for m in write.mutations {
+                match m {
+                    Mutation::Set { key, value, ttl } => {
+                        let encoded = key.encode();
+                        let entry = Entry { key, value, versionstamp: version, expires_at: ttl.map(|t| now.add(t)) };
+                        events.push((encoded.clone(), KvEvent::Set(entry.clone())));
+                        st.entries.insert(encoded, entry);
+                    }
+                    Mutation::Delete { key } => {
+                        let encoded = key.encode();
+                        if st.entries.remove(&encoded).is_some() {
+                            events.push((encoded, KvEvent::Deleted(key)));
+                        }
+                    }
+                }
+            }
+            version
+        };
+        for e in events {
+            // No receiver is fine: nobody is watching.
+            let _ = self.events.send(e);
+        }
+        Ok(Some(version))
+    }
+
+    async fn list(&self, options: ListOptions) -> Result<Vec<Entry>, KvError> {
+        let now = Timestamp::now();
+        let prefix = options.prefix.encode();
+        let mut lower = Bound::Excluded(prefix.clone());
+        let mut upper = match prefix_end(&prefix) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        if let Some(cursor) = &options.cursor {
+            let c = Bound::Excluded(cursor.encode());
+            if options.reverse {
+                upper = c;
+            } else {
+                lower = c;
+            }
+        }
+        let st = self.lock();
+        let range = st.entries.range::<Vec<u8>, _>((lower, upper));
+        let keep = |(_, e): (&Vec<u8>, &Entry)| live(e, now).then(|| e.clone());
+        Ok(if options.reverse {
+            range.rev().filter_map(keep).take(options.limit).collect()
+        } else {
+            range.filter_map(keep).take(options.limit).collect()
+        })
+    }
+
+    fn watch(&self, prefix: &Key) -> KvWatch {
+        KvWatch::new(prefix, self.events.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_carries() {
+        assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+}

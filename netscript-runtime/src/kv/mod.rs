@@ -1,0 +1,287 @@
+//! The key-value contract: typed tuple keys, byte values, per-key TTL, atomic check-and-set
+//! on versionstamps, and list and watch by key prefix.
+//!
+//! A public API in its own right, shaped like Deno KV: keys are tuples of typed parts
+//! (`("executions", id)`), encoded so that byte order is tuple order and an encoded prefix
+//! is a byte prefix. Every write gets a [`Versionstamp`] that grows across the store;
+//! [`AtomicWrite`] commits only if each checked key still has the versionstamp the caller
+//! read (or is still absent).
+//!
+//! Backends: [`memory`] and `embedded` (SQLite; feature `embedded`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use crate::time::Timestamp;
+
+#[cfg(feature = "embedded")]
+pub mod embedded;
+mod key;
+pub mod memory;
+
+pub use key::{Key, KeyDecodeError, KeyPart};
+
+/// Identifies one committed write; larger is later. Shown as 20 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Versionstamp(pub u64);
+
+impl std::fmt::Display for Versionstamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:020x}", self.0)
+    }
+}
+
+impl std::fmt::Debug for Versionstamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// A stored value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Its key.
+    pub key: Key,
+    /// Its value.
+    pub value: Vec<u8>,
+    /// The write that stored it.
+    pub versionstamp: Versionstamp,
+    /// When it stops being visible, if it has a TTL.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// One change inside an [`AtomicWrite`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// Store `value` at `key`, optionally expiring after `ttl`.
+    Set {
+        /// The key.
+        key: Key,
+        /// The value.
+        value: Vec<u8>,
+        /// Time to live.
+        ttl: Option<Duration>,
+    },
+    /// Remove `key`.
+    Delete {
+        /// The key.
+        key: Key,
+    },
+}
+
+impl Mutation {
+    /// The key this mutation touches.
+    pub fn key(&self) -> &Key {
+        match self {
+            Mutation::Set { key, .. } | Mutation::Delete { key } => key,
+        }
+    }
+}
+
+/// A condition of an [`AtomicWrite`]: `key` has `versionstamp` (`None`: `key` is absent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// The key.
+    pub key: Key,
+    /// The versionstamp it must have, or `None` for "absent".
+    pub versionstamp: Option<Versionstamp>,
+}
+
+/// Checks and mutations committed all together or not at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AtomicWrite {
+    /// All must hold for the write to commit.
+    pub checks: Vec<Check>,
+    /// Applied in order when the checks hold.
+    pub mutations: Vec<Mutation>,
+}
+
+impl AtomicWrite {
+    /// An empty write.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a check.
+    pub fn check(mut self, key: Key, versionstamp: Option<Versionstamp>) -> Self {
+        self.checks.push(Check { key, versionstamp });
+        self
+    }
+
+    /// Adds a set.
+    pub fn set(mut self, key: Key, value: impl Into<Vec<u8>>) -> Self {
+        self.mutations.push(Mutation::Set { key, value: value.into(), ttl: None });
+        self
+    }
+
+    /// Adds a set with a time to live.
+    pub fn set_with_ttl(mut self, key: Key, value: impl Into<Vec<u8>>, ttl: Duration) -> Self {
+        self.mutations.push(Mutation::Set { key, value: value.into(), ttl: Some(ttl) });
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(mut self, key: Key) -> Self {
+        self.mutations.push(Mutation::Delete { key });
+        self
+    }
+}
+
+/// What to list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Keys starting with this prefix (the prefix itself excluded).
+    pub prefix: Key,
+    /// Resume after this key (in the listing's direction).
+    pub cursor: Option<Key>,
+    /// At most this many.
+    pub limit: usize,
+    /// Descending key order.
+    pub reverse: bool,
+}
+
+impl ListOptions {
+    /// Every key under `prefix`, ascending, at most 1,000.
+    pub fn prefix(prefix: Key) -> Self {
+        Self { prefix, cursor: None, limit: 1000, reverse: false }
+    }
+
+    /// Sets the limit.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Descending order.
+    pub fn reverse(mut self) -> Self {
+        self.reverse = true;
+        self
+    }
+
+    /// Resume after `key`.
+    pub fn after(mut self, key: Key) -> Self {
+        self.cursor = Some(key);
+        self
+    }
+}
+
+/// A change seen by [`Kv::watch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvEvent {
+    /// A key was set.
+    Set(Entry),
+    /// A key was deleted.
+    Deleted(Key),
+}
+
+impl KvEvent {
+    /// The key that changed.
+    pub fn key(&self) -> &Key {
+        match self {
+            KvEvent::Set(e) => &e.key,
+            KvEvent::Deleted(k) => k,
+        }
+    }
+}
+
+/// A stream of changes under a prefix, from [`Kv::watch`].
+pub struct KvWatch {
+    prefix: Vec<u8>,
+    rx: broadcast::Receiver<(Vec<u8>, KvEvent)>,
+}
+
+/// Why a watch yielded no event.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WatchError {
+    /// The watcher fell behind and `0` events were dropped; re-read what you need.
+    #[error("watcher fell behind; {0} changes were skipped")]
+    Lagged(u64),
+    /// The store was closed.
+    #[error("store closed")]
+    Closed,
+}
+
+impl KvWatch {
+    /// Watches `rx` for keys under the encoded `prefix`.
+    pub fn new(prefix: &Key, rx: broadcast::Receiver<(Vec<u8>, KvEvent)>) -> Self {
+        Self { prefix: prefix.encode(), rx }
+    }
+
+    /// The next change under the prefix.
+    pub async fn next(&mut self) -> Result<KvEvent, WatchError> {
+        loop {
+            match self.rx.recv().await {
+                Ok((key, event)) if key.starts_with(&self.prefix) => return Ok(event),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(n)) => return Err(WatchError::Lagged(n)),
+                Err(broadcast::error::RecvError::Closed) => return Err(WatchError::Closed),
+            }
+        }
+    }
+}
+
+/// A key-value error.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// The backend could not be reached or failed.
+    #[error("kv backend `{backend}`: {message}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// Stored data could not be read.
+    #[error("kv backend `{backend}`: corrupt data: {message}")]
+    Corrupt {
+        /// Which backend.
+        backend: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// The key-value contract. See the [module docs](self).
+#[async_trait]
+pub trait Kv: Send + Sync + 'static {
+    /// The backend's name.
+    fn provider(&self) -> &'static str;
+
+    /// The entries at `keys`, in order; `None` where absent or expired.
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>, KvError>;
+
+    /// Commits `write` if every check holds: `Some(versionstamp)` of the commit, or `None`
+    /// when a check failed (nothing was written).
+    async fn atomic(&self, write: AtomicWrite) -> Result<Option<Versionstamp>, KvError>;
+
+    /// Entries under a prefix, in key order.
+    async fn list(&self, options: ListOptions) -> Result<Vec<Entry>, KvError>;
+
+    /// Changes under `prefix` from now on.
+    fn watch(&self, prefix: &Key) -> KvWatch;
+
+    /// The entry at `key`.
+    async fn get(&self, key: &Key) -> Result<Option<Entry>, KvError> {
+        let mut out = self.get_many(std::slice::from_ref(key)).await?;
+        Ok(out.pop().flatten())
+    }
+
+    /// Stores `value` at `key`.
+    async fn set(&self, key: Key, value: Vec<u8>) -> Result<Versionstamp, KvError> {
+        let v = self.atomic(AtomicWrite::new().set(key, value)).await?;
+        v.ok_or_else(|| KvError::Backend { backend: self.provider(), message: "unconditional write refused".into() })
+    }
+
+    /// Stores `value` at `key` for `ttl`.
+    async fn set_with_ttl(&self, key: Key, value: Vec<u8>, ttl: Duration) -> Result<Versionstamp, KvError> {
+        let v = self.atomic(AtomicWrite::new().set_with_ttl(key, value, ttl)).await?;
+        v.ok_or_else(|| KvError::Backend { backend: self.provider(), message: "unconditional write refused".into() })
+    }
+
+    /// Removes `key`.
+    async fn delete(&self, key: Key) -> Result<(), KvError> {
+        self.atomic(AtomicWrite::new().delete(key)).await.map(|_| ())
+    }
+}

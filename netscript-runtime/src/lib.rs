@@ -1,0 +1,35 @@
+//! The NetScript engine.
+//!
+//! Most applications use it through the `netscript` facade crate, which re-exports what is
+//! public here together with the `#[job]` attribute. The data flows one way:
+//!
+//! ```text
+//! enqueue ─► queue (a backend) ─► dispatcher ─► runner ─► execution store ─► change feed / API
+//! ```
+//!
+//! Each concept has its own module: [`job`] (what a job is), [`queue`] (the queue contract and
+//! its backends), [`kv`] (the key-value contract and its backends), [`store`] (execution
+//! records and their change feed), [`worker`] (dispatcher, retry policy, runners), [`api`]
+//! (the HTTP API), [`config`], [`cli`] and [`runtime`] (the builder that wires it together).
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod job;
+pub mod kv;
+pub mod queue;
+pub mod runtime;
+pub mod store;
+pub mod time;
+pub mod worker;
+
+pub use config::{QueueProvider, RunnerMode, WorkersConfig};
+pub use job::{
+    Backoff, EnqueueJob, EnqueueOptions, JobContext, JobDescriptor, JobError, JobErrorKind,
+    JobResult, Registry, State,
+};
+
+pub use store::{ExecutionId, ExecutionRecord, ExecutionStatus};
+
+#[doc(hidden)]
+pub mod __private;

@@ -1,0 +1,188 @@
+//! Execution records: one per execution, kept on the [key-value contract](crate::kv), with a
+//! change feed of every update.
+//!
+//! An execution is identified by the id of the queue message that carries it
+//! ([`ExecutionId`]); its record follows it through its attempts: queued → running →
+//! succeeded, or → retrying → running → ..., or → failed / dead. Records are JSON under the
+//! key `("executions", id)`; ids are UUIDv7, so key order is creation order.
+//!
+//! The change feed is in-process: a `tokio::sync::broadcast` of every record written
+//! through this store. What it is not: a history of progress messages (a record keeps only
+//! the latest report) or a cross-process stream (a later issue adds that on `Kv::watch`).
+
+mod record;
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::kv::{AtomicWrite, Key, Kv, KvError, ListOptions};
+pub use record::{AttemptRecord, ExecutionRecord, ExecutionStatus};
+
+/// An execution's id: the id of the queue message that carries it.
+pub type ExecutionId = crate::queue::MessageId;
+
+const PREFIX: &str = "executions";
+
+/// How many record changes a slow feed subscriber may fall behind before it is told it
+/// lagged.
+pub const FEED_CAPACITY: usize = 16_384;
+
+/// A store error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The key-value backend failed.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// A stored record could not be decoded.
+    #[error("execution record `{key}` is corrupt: {message}")]
+    Corrupt {
+        /// The record's key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Which executions to list.
+#[derive(Clone, Debug, Default)]
+pub struct ExecutionFilter {
+    /// At most this many (default 50).
+    pub limit: Option<usize>,
+    /// Only this status.
+    pub status: Option<ExecutionStatus>,
+    /// Only this job.
+    pub job: Option<String>,
+    /// Older than this execution (for paging).
+    pub before: Option<ExecutionId>,
+}
+
+/// Execution records over a [`Kv`].
+#[derive(Clone)]
+pub struct ExecutionStore {
+    kv: Arc<dyn Kv>,
+    feed: broadcast::Sender<Arc<ExecutionRecord>>,
+}
+
+impl std::fmt::Debug for ExecutionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutionStore").field("kv", &self.kv.provider()).finish()
+    }
+}
+
+fn key(id: ExecutionId) -> Key {
+    Key::from((PREFIX, id))
+}
+
+impl ExecutionStore {
+    /// A store on `kv`.
+    pub fn new(kv: Arc<dyn Kv>) -> Self {
+        Self { kv, feed: broadcast::channel(FEED_CAPACITY).0 }
+    }
+
+    /// The key-value backend.
+    pub fn kv(&self) -> &Arc<dyn Kv> {
+        &self.kv
+    }
+
+    /// Every record written from now on, as written. A receiver that falls more than
+    /// [`FEED_CAPACITY`] behind gets `RecvError::Lagged` and should re-read the store.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ExecutionRecord>> {
+        self.feed.subscribe()
+    }
+
+    /// Writes `records` in one atomic write, then publishes them on the feed.
+    pub async fn put_many(&self, records: Vec<ExecutionRecord>) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut write = AtomicWrite::new();
+        for r in &records {
+            write = write.set(key(r.id), encode(r));
+        }
+        self.kv.atomic(write).await?;
+        self.publish(records);
+        Ok(())
+    }
+
+    /// Writes each record whose execution has no record yet (a queued record must never
+    /// overwrite one a worker already wrote); returns how many were written.
+    pub async fn insert_new(&self, records: Vec<ExecutionRecord>) -> Result<usize, StoreError> {
+        // One conditional write per record, issued together: backends that group commits
+        // (embedded) turn them into one transaction.
+        let writes = records.iter().map(|r| {
+            let write = AtomicWrite::new().check(key(r.id), None).set(key(r.id), encode(r));
+            self.kv.atomic(write)
+        });
+        let results = futures::future::join_all(writes).await;
+        let mut written = Vec::with_capacity(records.len());
+        for (r, result) in records.into_iter().zip(results) {
+            if result?.is_some() {
+                written.push(r);
+            }
+        }
+        let n = written.len();
+        self.publish(written);
+        Ok(n)
+    }
+
+    fn publish(&self, records: Vec<ExecutionRecord>) {
+        if self.feed.receiver_count() == 0 {
+            return;
+        }
+        for r in records {
+            // A send only fails when nobody listens.
+            let _ = self.feed.send(Arc::new(r));
+        }
+    }
+
+    /// One record.
+    pub async fn get(&self, id: ExecutionId) -> Result<Option<ExecutionRecord>, StoreError> {
+        let k = key(id);
+        match self.kv.get(&k).await? {
+            Some(entry) => decode(&k, &entry.value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Records, newest first.
+    pub async fn list(&self, filter: &ExecutionFilter) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let limit = filter.limit.unwrap_or(50).max(1);
+        let mut options = ListOptions::prefix(Key::from((PREFIX,))).reverse().limit(limit.max(256));
+        if let Some(before) = filter.before {
+            options = options.after(key(before));
+        }
+        let mut out = Vec::with_capacity(limit);
+        loop {
+            let page = self.kv.list(options.clone()).await?;
+            let Some(last) = page.last() else { break };
+            options.cursor = Some(last.key.clone());
+            let full = page.len() == options.limit;
+            for entry in page {
+                let record = decode(&entry.key, &entry.value)?;
+                if filter.status.is_some_and(|s| s != record.status)
+                    || filter.job.as_deref().is_some_and(|j| j != record.job_id)
+                {
+                    continue;
+                }
+                out.push(record);
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn encode(r: &ExecutionRecord) -> Vec<u8> {
+    // Serializing a record of strings, numbers and JSON values cannot fail.
+    serde_json::to_vec(r).unwrap_or_default()
+}
+
+fn decode(key: &Key, bytes: &[u8]) -> Result<ExecutionRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_string(), message: e.to_string() })
+}

@@ -1,0 +1,50 @@
+//! # NetScript
+//!
+//! Durable background jobs for Rust. Annotate a plain `async fn` with [`#[job]`](job) and get
+//! a production job system: a durable queue (embedded SQLite by default, no server needed),
+//! retries with backoff, dead letters, an execution history with live updates, an HTTP API
+//! and a CLI, all from your own binary.
+//!
+//! ```no_run
+//! use netscript::prelude::*;
+//!
+//! #[derive(Deserialize, JsonSchema)]
+//! struct Greet {
+//!     name: String,
+//! }
+//!
+//! /// Says hello.
+//! #[job(id = "greet", retries = 2, timeout = "10s")]
+//! async fn greet(ctx: JobContext, payload: Greet) -> JobResult<String> {
+//!     ctx.progress(50, "greeting").await;
+//!     Ok(format!("hello, {}", payload.name))
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> std::process::ExitCode {
+//!     // `serve`, `jobs`, `trigger greet --payload '{"name":"Ada"}'`, `executions`
+//!     netscript::run().await
+//! }
+//! ```
+//!
+//! See the README for the tour, and `ARCHITECTURE.md` for how the pieces fit.
+
+pub use netscript_macros::job;
+pub use netscript_runtime::{
+    Backoff, EnqueueJob, EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, JobContext,
+    JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, State,
+    WorkersConfig, api, cli, config, job as jobs, kv, queue, store, time, worker,
+};
+
+/// What a job file needs: `use netscript::prelude::*;`.
+pub mod prelude {
+    pub use crate::job;
+    pub use netscript_runtime::{
+        Backoff, EnqueueJob, JobContext, JobError, JobErrorKind, JobResult, State,
+    };
+    pub use schemars::JsonSchema;
+    pub use serde::{Deserialize, Serialize};
+}
+
+#[doc(hidden)]
+pub use netscript_runtime::__private;
