@@ -30,17 +30,28 @@
 //! See the README for the tour, and `ARCHITECTURE.md` for how the pieces fit.
 
 pub use netscript_macros::job;
+pub use netscript_runtime::runtime::{EnqueueError, Providers, Receipt};
 pub use netscript_runtime::{
     Backoff, EnqueueJob, EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, JobContext,
-    JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, State,
-    WorkersConfig, api, cli, config, job as jobs, kv, queue, store, time, worker,
+    JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, Runtime,
+    RuntimeBuilder, StartupError, State, WorkersConfig, api, cli, config, job as jobs, kv, queue,
+    store, time, worker,
 };
+
+/// Runs the app: parses the command line (`serve`, `jobs`, `trigger`, `executions`, ...) and
+/// runs the command on a runtime with the default configuration, overridden by the
+/// environment. Apps with shared state use `Runtime::builder().state(...).run()` instead.
+///
+/// Returns the process's exit code: 0 on success, 1 on failure.
+pub async fn run() -> std::process::ExitCode {
+    Runtime::builder().run().await
+}
 
 /// What a job file needs: `use netscript::prelude::*;`.
 pub mod prelude {
     pub use crate::job;
     pub use netscript_runtime::{
-        Backoff, EnqueueJob, JobContext, JobError, JobErrorKind, JobResult, State,
+        Backoff, EnqueueJob, JobContext, JobError, JobErrorKind, JobResult, Runtime, State,
     };
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};

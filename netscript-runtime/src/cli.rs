@@ -1,1 +1,282 @@
-//! stub
+//! The command line every NetScript app binary gets from `netscript::run()` (clap).
+//!
+//! ```text
+//! app serve [--addr 127.0.0.1:8091] [--concurrency N]   API + workers in one process
+//! app worker [--concurrency N]                          workers only
+//! app api [--addr ...]                                  API only
+//! app jobs [--json]                                     list registered jobs
+//! app trigger ID [--payload JSON] [--wait] [...]        enqueue one job
+//! app executions [--limit N] [--status S] [--job ID]    recent executions
+//! app execution ID                                      one execution
+//! ```
+//!
+//! Exit codes: 0 success; 1 a failure (a refused enqueue, a job that ended dead or failed
+//! under `--wait`, a startup error); 2 bad command-line usage (from clap).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::job::EnqueueOptions;
+use crate::runtime::{Runtime, RuntimeBuilder, shutdown_signal};
+use crate::store::{ExecutionFilter, ExecutionId, ExecutionRecord, ExecutionStatus};
+
+/// A NetScript app: durable background jobs.
+#[derive(Debug, Parser)]
+#[command(version, arg_required_else_help = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A CLI command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and the workers in this process.
+    Serve {
+        /// Address of the HTTP API.
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+        /// Jobs run at once.
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Run the workers only.
+    Worker {
+        /// Jobs run at once.
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Run the HTTP API only.
+    Api {
+        /// Address of the HTTP API.
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+    },
+    /// List the registered jobs.
+    Jobs {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enqueue a job.
+    Trigger {
+        /// The job's id.
+        id: String,
+        /// The payload, as JSON (default: null).
+        #[arg(long)]
+        payload: Option<String>,
+        /// Collapse duplicates carrying the same key.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Higher runs first.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        /// Run no sooner than this (e.g. 30s, 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        delay: Option<Duration>,
+        /// Wait for the execution to finish and print its result.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+        timeout: Duration,
+    },
+    /// List recent executions, newest first.
+    Executions {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only this status (queued, running, succeeded, retrying, failed, dead, cancelled).
+        #[arg(long)]
+        status: Option<ExecutionStatus>,
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one execution as JSON.
+    Execution {
+        /// The execution's id.
+        id: ExecutionId,
+    },
+}
+
+/// Installs a `tracing` subscriber printing to stderr (`RUST_LOG`, default `info`), unless
+/// the app installed one already.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Fails only when a subscriber is already set: the app's choice wins.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Parses the process's arguments and runs the command on a runtime from `builder`.
+pub async fn run(builder: RuntimeBuilder) -> ExitCode {
+    run_cli(builder, Cli::parse()).await
+}
+
+/// Runs a parsed command.
+pub async fn run_cli(mut builder: RuntimeBuilder, cli: Cli) -> ExitCode {
+    init_tracing();
+    match &cli.command {
+        Command::Serve { addr, concurrency } => {
+            builder = override_addr(builder, *addr);
+            builder = override_concurrency(builder, *concurrency);
+        }
+        Command::Worker { concurrency } => builder = override_concurrency(builder, *concurrency),
+        Command::Api { addr } => builder = override_addr(builder, *addr),
+        _ => {}
+    }
+    let runtime = match builder.build().await {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match execute(&runtime, cli.command).await {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn override_addr(builder: RuntimeBuilder, addr: Option<SocketAddr>) -> RuntimeBuilder {
+    match addr {
+        Some(a) => builder.configure(|c| c.api_addr = a),
+        None => builder,
+    }
+}
+
+fn override_concurrency(builder: RuntimeBuilder, n: Option<usize>) -> RuntimeBuilder {
+    match n {
+        Some(n) => builder.concurrency(n),
+        None => builder,
+    }
+}
+
+async fn execute(rt: &Runtime, command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Serve { .. } => serve(rt, true).await,
+        Command::Api { .. } => serve(rt, false).await,
+        Command::Worker { .. } => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let trigger = stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                trigger.cancel();
+            });
+            rt.run_workers(stop).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs { json } => {
+            let jobs: Vec<_> = rt.registry().iter().map(crate::api::JobInfo::of).collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs).map_err(|e| e.to_string())?);
+            } else if jobs.is_empty() {
+                println!("no jobs are registered in this binary");
+            } else {
+                println!("{:<28} {:<14} {:>8} {:>7}  DESCRIPTION", "ID", "TOPIC", "TIMEOUT", "RETRIES");
+                for j in jobs {
+                    let timeout = j.timeout_ms.map_or_else(|| "default".to_owned(), |ms| humantime::format_duration(Duration::from_millis(ms)).to_string());
+                    println!("{:<28} {:<14} {:>8} {:>7}  {}", j.id, j.topic, timeout, j.retries, j.description.lines().next().unwrap_or(""));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trigger { id, payload, idempotency_key, priority, delay, wait, timeout } => {
+            let payload = match payload.as_deref() {
+                None => serde_json::Value::Null,
+                Some(text) => serde_json::from_str(text).map_err(|e| format!("--payload is not valid JSON: {e}"))?,
+            };
+            let options = EnqueueOptions { idempotency_key, priority, delay, ..EnqueueOptions::default() };
+            let receipt = rt.enqueue_json(&id, payload, options).await.map_err(|e| e.to_string())?;
+            if receipt.duplicate {
+                println!("{} (duplicate: an earlier enqueue with this idempotency key)", receipt.execution_id);
+            } else {
+                println!("{}", receipt.execution_id);
+            }
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            wait_and_print(rt, receipt.execution_id, timeout).await
+        }
+        Command::Executions { limit, status, job, json } => {
+            let filter = ExecutionFilter { limit: Some(limit), status, job, before: None };
+            let records = rt.store().list(&filter).await.map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&records).map_err(|e| e.to_string())?);
+            } else {
+                print_table(&records);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Execution { id } => match rt.store().get(id).await.map_err(|e| e.to_string())? {
+            Some(r) => {
+                println!("{}", serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?);
+                Ok(ExitCode::SUCCESS)
+            }
+            None => Err(format!("no execution `{id}`")),
+        },
+    }
+}
+
+async fn serve(rt: &Runtime, workers: bool) -> Result<ExitCode, String> {
+    let report = rt.serve(workers, shutdown_signal()).await.map_err(|e| e.to_string())?;
+    if report.abandoned > 0 {
+        eprintln!("{} running job(s) were given back to the queue at shutdown", report.abandoned);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_and_print(rt: &Runtime, id: ExecutionId, timeout: Duration) -> Result<ExitCode, String> {
+    let hint = tokio::spawn(async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        eprintln!("still waiting; is a `serve` or `worker` process running on this store?");
+    });
+    let record = rt.wait_for(id, timeout).await.map_err(|e| e.to_string());
+    hint.abort();
+    let record = record?.ok_or_else(|| format!("execution `{id}` disappeared"))?;
+    println!("{}", serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?);
+    Ok(match record.status {
+        ExecutionStatus::Succeeded => ExitCode::SUCCESS,
+        s if s.is_final() => ExitCode::FAILURE,
+        s => {
+            eprintln!("gave up waiting after {}; the execution is {s}", humantime::format_duration(timeout));
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn print_table(records: &[ExecutionRecord]) {
+    if records.is_empty() {
+        println!("no executions");
+        return;
+    }
+    println!("{:<36}  {:<22} {:<9} {:>7}  {:<24}  RESULT / ERROR", "ID", "JOB", "STATUS", "ATTEMPT", "UPDATED");
+    for r in records {
+        let outcome = match (&r.result, &r.error) {
+            (Some(v), _) => v.to_string(),
+            (None, Some(e)) => e.clone(),
+            (None, None) => r.progress.as_ref().map(|p| format!("{}% {}", p.percent, p.message)).unwrap_or_default(),
+        };
+        let outcome: String = outcome.chars().take(60).collect();
+        println!(
+            "{:<36}  {:<22} {:<9} {:>7}  {:<24}  {}",
+            r.id,
+            r.job_id,
+            r.status,
+            format!("{}/{}", r.attempt, r.max_attempts),
+            r.updated_at.to_string(),
+            outcome
+        );
+    }
+}

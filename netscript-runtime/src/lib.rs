@@ -29,6 +29,7 @@ pub use job::{
     JobResult, Registry, State,
 };
 
+pub use runtime::{Runtime, RuntimeBuilder, StartupError};
 pub use store::{ExecutionId, ExecutionRecord, ExecutionStatus};
 
 #[doc(hidden)]

@@ -1,1 +1,578 @@
-//! stub
+//! The runtime: wires the registry, the state, a queue and a key-value backend, the
+//! dispatcher and the API together. Built with [`Runtime::builder`].
+//!
+//! Provider discovery for `auto` (DESIGN.md §4): RabbitMQ (`RABBITMQ_URL`, `AMQP_URL`,
+//! `services__rabbitmq__*`), then Redis (`REDIS_URL`, `REDIS_URI`, `GARNET_URI`,
+//! `CACHE_PROVIDER=redis|garnet`, `services__redis__*`), then the embedded store. A provider
+//! whose variables are set but whose backend is not in this build is skipped with a
+//! warning. PostgreSQL is never auto-discovered. The choice and its reason are logged and
+//! shown by `GET /health`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, QueueProvider, WorkersConfig};
+use crate::job::{EnqueueJob, EnqueueOptions, JobDescriptor, Registry, RegistryError, StateMap};
+use crate::kv::Kv;
+use crate::queue::{Enqueued, MessageId, NewMessage, Queue, QueueError};
+use crate::store::{ExecutionId, ExecutionRecord, ExecutionStatus, ExecutionStore, StoreError};
+use crate::time::Timestamp;
+use crate::worker::{Dispatcher, DispatcherOptions, WorkerReport};
+
+/// Why a runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The configuration is wrong or asks for something this build lacks.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The registered jobs are inconsistent (duplicate id, missing state).
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A backend could not be opened.
+    #[error("could not open the {provider} store: {message}")]
+    Backend {
+        /// Which provider.
+        provider: &'static str,
+        /// Why (for the embedded store, this names the file).
+        message: String,
+    },
+    /// The API address could not be bound.
+    #[error("could not listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Why an enqueue was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// No job has this id.
+    #[error("no job `{0}` is registered")]
+    UnknownJob(String),
+    /// The payload does not fit the job's payload type.
+    #[error("invalid payload for job `{job}`: {message}")]
+    InvalidPayload {
+        /// The job.
+        job: String,
+        /// What is wrong, from the payload's decoder.
+        message: String,
+    },
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The execution store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an enqueue did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Receipt {
+    /// The execution that will run.
+    pub execution_id: ExecutionId,
+    /// `true` when an idempotency key matched an earlier enqueue, whose execution this is.
+    pub duplicate: bool,
+}
+
+/// Which backends the runtime uses, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Providers {
+    /// Queue backend.
+    pub queue: &'static str,
+    /// Key-value backend.
+    pub kv: &'static str,
+    /// Why this choice.
+    pub reason: String,
+}
+
+struct Inner {
+    config: WorkersConfig,
+    registry: Registry,
+    states: Arc<StateMap>,
+    queue: Arc<dyn Queue>,
+    store: ExecutionStore,
+    providers: Providers,
+}
+
+/// A configured job system. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("providers", &self.inner.providers).field("jobs", &self.inner.registry.len()).finish()
+    }
+}
+
+/// Builds a [`Runtime`].
+pub struct RuntimeBuilder {
+    config: WorkersConfig,
+    states: StateMap,
+    registry: Option<Registry>,
+    queue: Option<Arc<dyn Queue>>,
+    kv: Option<Arc<dyn Kv>>,
+    use_env: bool,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        Self { config: WorkersConfig::default(), states: StateMap::default(), registry: None, queue: None, kv: None, use_env: true }
+    }
+}
+
+impl RuntimeBuilder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: WorkersConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Changes the configuration in place.
+    pub fn configure(mut self, f: impl FnOnce(&mut WorkersConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Jobs run at once.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n;
+        self
+    }
+
+    /// Directory of the embedded store.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.data_dir = dir.into();
+        self
+    }
+
+    /// Queue provider.
+    pub fn provider(mut self, provider: QueueProvider) -> Self {
+        self.config.queue_provider = provider;
+        self
+    }
+
+    /// Registers shared state, handed to jobs that take a `State<T>` parameter.
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
+    /// Uses these jobs instead of the ones registered with `#[job]` in the binary.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Uses this queue, whatever the configured provider.
+    pub fn queue(mut self, queue: Arc<dyn Queue>) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// Uses this key-value store for execution records.
+    pub fn kv(mut self, kv: Arc<dyn Kv>) -> Self {
+        self.kv = Some(kv);
+        self
+    }
+
+    /// Ignore the environment (`WORKERS_CONCURRENCY`, `NETSCRIPT_*`): the configuration is
+    /// exactly what the code says. Tests use this.
+    pub fn ignore_env(mut self) -> Self {
+        self.use_env = false;
+        self
+    }
+
+    /// Parses the command line (`serve`, `jobs`, `trigger`, `executions`, ...) and runs the
+    /// command on the runtime this builder makes. See [`crate::cli`].
+    pub async fn run(self) -> std::process::ExitCode {
+        crate::cli::run(self).await
+    }
+
+    /// Validates everything and opens the backends.
+    pub async fn build(mut self) -> Result<Runtime, StartupError> {
+        if self.use_env {
+            let report = self.config.apply_env()?;
+            for w in report.warnings {
+                tracing::warn!("{w}");
+                eprintln!("WARNING: {w}");
+            }
+        }
+        self.config.validate()?;
+        let registry = match self.registry.take() {
+            Some(r) => r,
+            None => Registry::linked()?,
+        };
+        registry.check_states(&self.states)?;
+        let (queue, kv, reason) = open_backends(&self.config, self.queue.take(), self.kv.take())?;
+        let providers = Providers { queue: queue.provider(), kv: kv.provider(), reason };
+        tracing::info!(queue = providers.queue, kv = providers.kv, reason = %providers.reason, jobs = registry.len(), "runtime ready");
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                store: ExecutionStore::new(kv),
+                config: self.config,
+                registry,
+                states: Arc::new(self.states),
+                queue,
+                providers,
+            }),
+        })
+    }
+}
+
+type Backends = (Arc<dyn Queue>, Arc<dyn Kv>, String);
+
+fn open_backends(config: &WorkersConfig, queue: Option<Arc<dyn Queue>>, kv: Option<Arc<dyn Kv>>) -> Result<Backends, StartupError> {
+    if let (Some(q), Some(kv)) = (&queue, &kv) {
+        return Ok((Arc::clone(q), Arc::clone(kv), "given to the runtime builder".into()));
+    }
+    let (provider, reason) = match config.queue_provider {
+        QueueProvider::Auto => discover(|name| std::env::var(name).ok(), std::env::vars().map(|(k, _)| k)),
+        p => (p, format!("configured as `{}`", p.as_str())),
+    };
+    let (q, k): (Arc<dyn Queue>, Arc<dyn Kv>) = match provider {
+        QueueProvider::Memory => (Arc::new(crate::queue::memory::MemoryQueue::new()), Arc::new(crate::kv::memory::MemoryKv::new())),
+        QueueProvider::Embedded => open_embedded(config)?,
+        other => {
+            return Err(ConfigError::Unsupported {
+                field: "queue_provider",
+                value: other.as_str().into(),
+                message: "this version ships the embedded and memory backends; PostgreSQL, Redis and RabbitMQ are planned".into(),
+            }
+            .into());
+        }
+    };
+    Ok((queue.unwrap_or(q), kv.unwrap_or(k), reason))
+}
+
+#[cfg(feature = "embedded")]
+fn open_embedded(_config: &WorkersConfig) -> Result<(Arc<dyn Queue>, Arc<dyn Kv>), StartupError> {
+    // EMBEDDED-PENDING: replaced when the embedded backend lands.
+    Err(StartupError::Backend { provider: "embedded", message: "pending".into() })
+}
+
+#[cfg(not(feature = "embedded"))]
+fn open_embedded(_: &WorkersConfig) -> Result<(Arc<dyn Queue>, Arc<dyn Kv>), StartupError> {
+    Err(ConfigError::Unsupported {
+        field: "queue_provider",
+        value: "embedded".into(),
+        message: "this binary was built without the `embedded` feature".into(),
+    }
+    .into())
+}
+
+/// Picks a provider for `auto` from environment variables: `var` looks one up, `names`
+/// lists every variable's name (for the `services__*` prefixes).
+pub fn discover(var: impl Fn(&str) -> Option<String>, names: impl Iterator<Item = String>) -> (QueueProvider, String) {
+    let names: Vec<String> = names.collect();
+    let set = |n: &str| var(n).is_some_and(|v| !v.trim().is_empty());
+    let prefixed = |p: &str| names.iter().find(|n| n.starts_with(p)).cloned();
+    let amqp = ["RABBITMQ_URL", "AMQP_URL"].into_iter().find(|n| set(n)).map(str::to_owned).or_else(|| prefixed("services__rabbitmq__"));
+    let redis = ["REDIS_URL", "REDIS_URI", "GARNET_URI"]
+        .into_iter()
+        .find(|n| set(n))
+        .map(str::to_owned)
+        .or_else(|| {
+            var("CACHE_PROVIDER")
+                .filter(|v| v.eq_ignore_ascii_case("redis") || v.eq_ignore_ascii_case("garnet"))
+                .map(|v| format!("CACHE_PROVIDER={v}"))
+        })
+        .or_else(|| prefixed("services__redis__"));
+    let mut skipped = Vec::new();
+    if let Some(v) = amqp {
+        skipped.push(format!("{v} is set but the amqp backend is not in this build"));
+    }
+    if let Some(v) = redis {
+        skipped.push(format!("{v} is set but the redis backend is not in this build"));
+    }
+    for s in &skipped {
+        tracing::warn!("queue discovery: {s}");
+    }
+    let fallback = if cfg!(feature = "embedded") { QueueProvider::Embedded } else { QueueProvider::Memory };
+    let mut reason = format!("auto: no broker configured, using {}", fallback.as_str());
+    if !skipped.is_empty() {
+        reason = format!("auto: {}; using {}", skipped.join("; "), fallback.as_str());
+    }
+    (fallback, reason)
+}
+
+impl Runtime {
+    /// A builder with the default configuration.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &WorkersConfig {
+        &self.inner.config
+    }
+
+    /// The jobs this runtime runs.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &Arc<dyn Queue> {
+        &self.inner.queue
+    }
+
+    /// The execution store.
+    pub fn store(&self) -> &ExecutionStore {
+        &self.inner.store
+    }
+
+    /// The backends in use and why.
+    pub fn providers(&self) -> &Providers {
+        &self.inner.providers
+    }
+
+    /// Enqueues a typed job request, as made by a job's handle.
+    pub async fn enqueue<P: Serialize>(&self, job: EnqueueJob<P>) -> Result<Receipt, EnqueueError> {
+        let mut receipts = self.enqueue_many(vec![job]).await?;
+        receipts.pop().ok_or(EnqueueError::Queue(QueueError::Closed))
+    }
+
+    /// Enqueues many typed requests in one queue round trip.
+    pub async fn enqueue_many<P: Serialize>(&self, jobs: Vec<EnqueueJob<P>>) -> Result<Vec<Receipt>, EnqueueError> {
+        let mut prepared = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let (id, payload, options) = job.into_parts();
+            let descriptor = self.job(id)?;
+            let value = serde_json::to_value(payload)
+                .map_err(|e| EnqueueError::InvalidPayload { job: id.into(), message: e.to_string() })?;
+            prepared.push((descriptor, value, options));
+        }
+        self.enqueue_prepared(prepared).await
+    }
+
+    /// Enqueues `job_id` with a JSON payload, after checking the payload decodes into the
+    /// job's payload type. This is what the API and the CLI call.
+    pub async fn enqueue_json(&self, job_id: &str, payload: serde_json::Value, options: EnqueueOptions) -> Result<Receipt, EnqueueError> {
+        let descriptor = self.job(job_id)?;
+        descriptor
+            .validate_payload(&payload)
+            .map_err(|message| EnqueueError::InvalidPayload { job: job_id.into(), message })?;
+        let mut receipts = self.enqueue_prepared(vec![(descriptor, payload, options)]).await?;
+        receipts.pop().ok_or(EnqueueError::Queue(QueueError::Closed))
+    }
+
+    fn job(&self, id: &str) -> Result<&'static JobDescriptor, EnqueueError> {
+        self.inner.registry.get(id).ok_or_else(|| EnqueueError::UnknownJob(id.into()))
+    }
+
+    async fn enqueue_prepared(
+        &self,
+        jobs: Vec<(&'static JobDescriptor, serde_json::Value, EnqueueOptions)>,
+    ) -> Result<Vec<Receipt>, EnqueueError> {
+        let now = Timestamp::now();
+        let mut messages = Vec::with_capacity(jobs.len());
+        let mut records = Vec::with_capacity(jobs.len());
+        for (job, payload, options) in jobs {
+            let id = MessageId::new();
+            let mut headers = Vec::new();
+            let correlation_id = options.correlation_id.clone().unwrap_or_else(|| id.to_string());
+            if let Some(c) = &options.correlation_id {
+                headers.push((crate::worker::CORRELATION_HEADER.to_owned(), c.clone()));
+            }
+            if let Some(t) = &options.traceparent {
+                headers.push((crate::worker::TRACEPARENT_HEADER.to_owned(), t.clone()));
+            }
+            if let Some(t) = &options.tracestate {
+                headers.push((crate::worker::TRACESTATE_HEADER.to_owned(), t.clone()));
+            }
+            messages.push(NewMessage {
+                id,
+                topic: job.topic.to_owned(),
+                kind: job.id.to_owned(),
+                // Serializing a `serde_json::Value` cannot fail.
+                payload: serde_json::to_vec(&payload).unwrap_or_default(),
+                headers,
+                priority: options.priority,
+                delay: options.delay.unwrap_or(Duration::ZERO),
+                idempotency_key: options.idempotency_key,
+                concurrency_key: options.concurrency_key,
+            });
+            records.push(ExecutionRecord {
+                id,
+                job_id: job.id.to_owned(),
+                status: ExecutionStatus::Queued,
+                attempt: 0,
+                max_attempts: job.max_attempts(),
+                payload,
+                result: None,
+                error: None,
+                progress: None,
+                correlation_id,
+                enqueued_at: now,
+                started_at: None,
+                finished_at: None,
+                retry_at: None,
+                attempts: Vec::new(),
+                updated_at: now,
+            });
+        }
+        let outcomes = self.inner.queue.enqueue(messages).await?;
+        let mut receipts = Vec::with_capacity(outcomes.len());
+        let mut created = Vec::with_capacity(outcomes.len());
+        for (outcome, record) in outcomes.into_iter().zip(records) {
+            match outcome {
+                Enqueued::Created(id) => {
+                    receipts.push(Receipt { execution_id: id, duplicate: false });
+                    created.push(record);
+                }
+                Enqueued::Duplicate(id) => receipts.push(Receipt { execution_id: id, duplicate: true }),
+            }
+        }
+        // After the enqueue: a worker may already have written a later state, which this
+        // queued record must not overwrite (`insert_new` only fills empty slots).
+        self.inner.store.insert_new(created).await?;
+        Ok(receipts)
+    }
+
+    /// Runs workers until `stop` fires, then drains (see [`Dispatcher::run`]).
+    pub async fn run_workers(&self, stop: CancellationToken) -> WorkerReport {
+        let c = &self.inner.config;
+        let options = DispatcherOptions {
+            concurrency: c.concurrency,
+            topics: Vec::new(),
+            lease: c.lease,
+            default_timeout: c.default_timeout,
+            shutdown_timeout: c.shutdown_timeout,
+            poll_interval: c.poll_interval,
+        };
+        tracing::info!(concurrency = c.concurrency, queue = self.inner.providers.queue, "workers started");
+        let report = Dispatcher::new(
+            Arc::clone(&self.inner.queue),
+            self.inner.store.clone(),
+            self.inner.registry.clone(),
+            Arc::clone(&self.inner.states),
+            options,
+        )
+        .run(stop)
+        .await;
+        tracing::info!(started = report.started, abandoned = report.abandoned, "workers stopped");
+        report
+    }
+
+    /// Serves the HTTP API (and, when `workers` is true and the config enables them, the
+    /// workers) until `shutdown` completes; then stops the API and drains the workers.
+    pub async fn serve(&self, workers: bool, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<WorkerReport, StartupError> {
+        let addr = self.inner.config.api_addr;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        tracing::info!("API listening on http://{addr}");
+        let stop = CancellationToken::new();
+        let workers = (workers && self.inner.config.enabled).then(|| {
+            let rt = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { rt.run_workers(stop).await })
+        });
+        let api_stop = stop.clone();
+        let app = crate::api::router(self.clone());
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move { api_stop.cancelled().await });
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new claims, waiting for running jobs");
+            trigger.cancel();
+        });
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "API server failed");
+            stop.cancel();
+        }
+        let report = match workers {
+            Some(handle) => handle.await.unwrap_or_default(),
+            None => WorkerReport::default(),
+        };
+        Ok(report)
+    }
+
+    /// Waits until the execution reaches a final status (or `timeout`), returning its last
+    /// record. Works across processes: it watches this process's feed and re-reads the store.
+    pub async fn wait_for(&self, id: ExecutionId, timeout: Duration) -> Result<Option<ExecutionRecord>, StoreError> {
+        let mut feed = self.inner.store.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let record = self.inner.store.get(id).await?;
+            if record.as_ref().is_none_or(|r| r.status.is_final()) || tokio::time::Instant::now() >= deadline {
+                return Ok(record);
+            }
+            let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)), async {
+                loop {
+                    match feed.recv().await {
+                        Ok(r) if r.id == id => return,
+                        Ok(_) => continue,
+                        Err(_) => return,
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}
+
+/// Resolves when the process gets SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> (impl Fn(&str) -> Option<String>, impl Iterator<Item = String>) {
+        (move |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()), pairs.iter().map(|(k, _)| k.to_string()))
+    }
+
+    #[test]
+    fn discovery_falls_back_to_embedded_and_says_why() {
+        let (var, names) = env(&[]);
+        let (p, reason) = discover(var, names);
+        assert_eq!(p, QueueProvider::Embedded);
+        assert!(reason.contains("no broker"), "{reason}");
+    }
+
+    #[test]
+    fn discovery_names_brokers_it_cannot_use_yet() {
+        let (var, names) = env(&[("services__redis__url", "x"), ("AMQP_URL", "amqp://localhost")]);
+        let (p, reason) = discover(var, names);
+        assert_eq!(p, QueueProvider::Embedded);
+        assert!(reason.contains("AMQP_URL is set"), "{reason}");
+        assert!(reason.contains("services__redis__url is set"), "{reason}");
+        let (var, names) = env(&[("CACHE_PROVIDER", "garnet")]);
+        assert!(discover(var, names).1.contains("CACHE_PROVIDER=garnet"));
+        let (var, names) = env(&[("CACHE_PROVIDER", "memcached")]);
+        assert!(discover(var, names).1.contains("no broker"));
+    }
+}

@@ -1,0 +1,206 @@
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
+
+use super::ApiError;
+use crate::job::{EnqueueOptions, JobDescriptor};
+use crate::runtime::Runtime;
+use crate::store::{ExecutionFilter, ExecutionId, ExecutionRecord, ExecutionStatus};
+
+pub(super) async fn health(State(rt): State<Runtime>) -> impl IntoResponse {
+    Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "providers": rt.providers(),
+        "jobs": rt.registry().len(),
+    }))
+}
+
+/// A registered job, as listed by `GET /api/v1/workers/jobs`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobInfo {
+    /// Job id.
+    pub id: &'static str,
+    /// Display name.
+    pub name: &'static str,
+    /// Topic.
+    pub topic: &'static str,
+    /// Description.
+    pub description: &'static str,
+    /// Tags.
+    pub tags: &'static [&'static str],
+    /// Timeout of one attempt, in milliseconds (`null`: the runtime's default).
+    pub timeout_ms: Option<u64>,
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// Backoff policy.
+    pub backoff: serde_json::Value,
+    /// JSON Schema of the payload.
+    pub payload_schema: schemars::Schema,
+    /// JSON Schema of the output.
+    pub output_schema: schemars::Schema,
+}
+
+impl JobInfo {
+    /// Describes `job`.
+    pub fn of(job: &'static JobDescriptor) -> Self {
+        Self {
+            id: job.id,
+            name: job.name,
+            topic: job.topic,
+            description: job.description,
+            tags: job.tags,
+            timeout_ms: job.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            retries: job.retries,
+            backoff: serde_json::json!({
+                "kind": job.backoff.kind(),
+                "initialMs": u64::try_from(job.backoff.initial().as_millis()).unwrap_or(u64::MAX),
+            }),
+            payload_schema: job.payload_schema(),
+            output_schema: (job.output_schema)(),
+        }
+    }
+}
+
+pub(super) async fn list_jobs(State(rt): State<Runtime>) -> Json<Vec<JobInfo>> {
+    Json(rt.registry().iter().map(JobInfo::of).collect())
+}
+
+/// The trigger body's envelope form: `{ "payload": ..., "idempotencyKey": ..., ... }`.
+///
+/// A body is read as an envelope when it is an object with a `payload` field and no field
+/// outside the envelope's; any other body is the payload itself.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TriggerEnvelope {
+    /// The job's payload.
+    pub payload: serde_json::Value,
+    /// The enqueue options.
+    #[serde(flatten)]
+    pub options: EnqueueOptions,
+}
+
+const ENVELOPE_FIELDS: &[&str] =
+    &["payload", "idempotencyKey", "concurrencyKey", "priority", "delay", "correlationId", "traceparent", "tracestate"];
+
+/// Splits a trigger body into payload and options.
+pub(super) fn parse_trigger_body(body: &[u8]) -> Result<(serde_json::Value, EnqueueOptions), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok((serde_json::Value::Null, EnqueueOptions::default()));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("request body is not valid JSON: {e}")))?;
+    let is_envelope = value
+        .as_object()
+        .is_some_and(|o| o.contains_key("payload") && o.keys().all(|k| ENVELOPE_FIELDS.contains(&k.as_str())));
+    if !is_envelope {
+        return Ok((value, EnqueueOptions::default()));
+    }
+    let envelope: TriggerEnvelope = serde_json::from_value(value)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_envelope", format!("invalid trigger envelope: {e}")))?;
+    Ok((envelope.payload, envelope.options))
+}
+
+pub(super) async fn trigger(State(rt): State<Runtime>, Path(id): Path<String>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    if rt.registry().get(&id).is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_job", format!("no job `{id}` is registered")));
+    }
+    let (payload, options) = parse_trigger_body(&body)?;
+    let receipt = rt.enqueue_json(&id, payload, options).await?;
+    let body = serde_json::json!({
+        "executionId": receipt.execution_id,
+        "duplicate": receipt.duplicate,
+        "status": ExecutionStatus::Queued,
+        "links": { "execution": format!("/api/v1/workers/executions/{}", receipt.execution_id) },
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ListQuery {
+    limit: Option<usize>,
+    status: Option<String>,
+    job: Option<String>,
+    before: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ExecutionPage {
+    executions: Vec<ExecutionRecord>,
+    next_cursor: Option<ExecutionId>,
+}
+
+/// Largest page of executions.
+const MAX_LIMIT: usize = 1000;
+
+pub(super) async fn list_executions(State(rt): State<Runtime>, Query(q): Query<ListQuery>) -> Result<Json<ExecutionPage>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("limit must be between 1 and {MAX_LIMIT}")));
+    }
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<ExecutionStatus>)
+        .transpose()
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m))?;
+    let before = q
+        .before
+        .as_deref()
+        .map(|b| b.parse::<ExecutionId>())
+        .transpose()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("before is not an execution id: {e}")))?;
+    let filter = ExecutionFilter { limit: Some(limit), status, job: q.job, before };
+    let executions = rt.store().list(&filter).await?;
+    let next_cursor = (executions.len() == limit).then(|| executions.last().map(|r| r.id)).flatten();
+    Ok(Json(ExecutionPage { executions, next_cursor }))
+}
+
+pub(super) async fn get_execution(State(rt): State<Runtime>, Path(id): Path<String>) -> Result<Json<ExecutionRecord>, ApiError> {
+    let id: ExecutionId = id
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "unknown_execution", format!("no execution `{id}`")))?;
+    match rt.store().get(id).await? {
+        Some(record) => Ok(Json(record)),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_execution", format!("no execution `{id}`"))),
+    }
+}
+
+pub(super) async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {}", uri.path()))
+}
+
+pub(super) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed on {}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_payloads_unless_they_are_envelopes() {
+        let (p, o) = parse_trigger_body(br#"{"orderId":"o1"}"#).unwrap();
+        assert_eq!(p, serde_json::json!({"orderId":"o1"}));
+        assert_eq!(o, EnqueueOptions::default());
+
+        let (p, o) = parse_trigger_body(br#"{"payload":{"a":1},"idempotencyKey":"k","priority":5,"delay":"2s"}"#).unwrap();
+        assert_eq!(p, serde_json::json!({"a":1}));
+        assert_eq!(o.idempotency_key.as_deref(), Some("k"));
+        assert_eq!(o.priority, 5);
+        assert_eq!(o.delay, Some(std::time::Duration::from_secs(2)));
+
+        // A payload that merely has a `payload` field among others stays a payload.
+        let (p, _) = parse_trigger_body(br#"{"payload":1,"other":2}"#).unwrap();
+        assert_eq!(p, serde_json::json!({"payload":1,"other":2}));
+
+        assert_eq!(parse_trigger_body(b"  ").unwrap().0, serde_json::Value::Null);
+        assert_eq!(parse_trigger_body(b"{nope").unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(parse_trigger_body(br#"{"payload":1,"priority":"high"}"#).unwrap_err().status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+}

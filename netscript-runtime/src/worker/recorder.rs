@@ -1,0 +1,153 @@
+//! Writes execution records and settles messages, in batches.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::job::{Progress, ProgressSink};
+use crate::queue::{Queue, Settlement};
+use crate::store::{AttemptRecord, ExecutionId, ExecutionRecord, ExecutionStatus, ExecutionStore};
+use crate::time::Timestamp;
+
+/// Largest batch the recorder takes from its channel at once.
+const MAX_BATCH: usize = 2048;
+
+/// Something that happened to an execution.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// An attempt started; the record as it now stands (status running).
+    Started(Box<ExecutionRecord>),
+    /// A progress report.
+    Progress(ExecutionId, Progress),
+    /// An attempt ended: how to change the record, and how to settle the message.
+    Finished { id: ExecutionId, end: End, settlement: Option<Settlement> },
+    /// The dispatcher has drained: write what is left and stop.
+    Shutdown,
+}
+
+/// How an attempt ended, as recorded.
+#[derive(Debug)]
+pub(crate) enum End {
+    Succeeded(serde_json::Value),
+    Retrying { error: String, retry_at: Timestamp },
+    Dead { error: String },
+    /// Given back unrun at shutdown: queued again.
+    Released,
+    /// Lost to another worker (stale lease): record nothing, the new holder will.
+    Lost,
+}
+
+/// The progress sink jobs report to.
+pub(crate) struct RecorderSink(pub mpsc::Sender<Event>);
+
+#[async_trait]
+impl ProgressSink for RecorderSink {
+    async fn report(&self, execution: ExecutionId, progress: Progress) {
+        // Fails only when the worker is gone; the report has nowhere to go then.
+        let _ = self.0.send(Event::Progress(execution, progress)).await;
+    }
+}
+
+/// Drains `rx` until every sender is dropped, writing each batch before settling it.
+pub(crate) async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dyn Queue>) {
+    let mut live: HashMap<ExecutionId, ExecutionRecord> = HashMap::new();
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut open = true;
+    while open && rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut dirty: Vec<ExecutionId> = Vec::new();
+        let mut finished: Vec<ExecutionId> = Vec::new();
+        let mut settlements = Vec::new();
+        for event in batch.drain(..) {
+            match event {
+                Event::Started(record) => {
+                    let record = *record;
+                    dirty.push(record.id);
+                    live.insert(record.id, record);
+                }
+                Event::Progress(id, progress) => {
+                    if let Some(r) = live.get_mut(&id) {
+                        r.progress = Some(progress);
+                        r.updated_at = Timestamp::now();
+                        dirty.push(id);
+                    }
+                }
+                Event::Finished { id, end, settlement } => {
+                    if let Some(r) = live.get_mut(&id) {
+                        if apply_end(r, end) {
+                            dirty.push(id);
+                        }
+                        finished.push(id);
+                    }
+                    settlements.extend(settlement);
+                }
+                Event::Shutdown => open = false,
+            }
+        }
+        dirty.sort_unstable();
+        dirty.dedup();
+        let records: Vec<ExecutionRecord> = dirty.iter().filter_map(|id| live.get(id).cloned()).collect();
+        for id in &finished {
+            live.remove(id);
+        }
+        if let Err(e) = store.put_many(records).await {
+            // Leave the messages unsettled: their leases lapse and the jobs run again, so
+            // nothing is lost (at least once).
+            tracing::error!(error = %e, count = settlements.len(), "could not write execution records; their jobs will be retried");
+            continue;
+        }
+        if settlements.is_empty() {
+            continue;
+        }
+        match queue.settle(settlements).await {
+            Ok(results) => {
+                let stale = results.iter().filter(|r| **r == crate::queue::Settled::Stale).count();
+                if stale > 0 {
+                    tracing::warn!(stale, "settlements refused: their leases had lapsed and the jobs were claimed again");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not settle messages; their leases will lapse and the jobs run again"),
+        }
+    }
+}
+
+/// Applies an attempt's end to its record; `false` when nothing should be written.
+fn apply_end(r: &mut ExecutionRecord, end: End) -> bool {
+    let now = Timestamp::now();
+    let started_at = r.started_at.unwrap_or(now);
+    let mut attempt = AttemptRecord { attempt: r.attempt, started_at, finished_at: now, error: None };
+    match end {
+        End::Succeeded(value) => {
+            r.status = ExecutionStatus::Succeeded;
+            r.result = Some(value);
+            r.error = None;
+            r.finished_at = Some(now);
+            r.retry_at = None;
+        }
+        End::Retrying { error, retry_at } => {
+            r.status = ExecutionStatus::Retrying;
+            attempt.error = Some(error.clone());
+            r.error = Some(error);
+            r.retry_at = Some(retry_at);
+        }
+        End::Dead { error } => {
+            r.status = ExecutionStatus::Dead;
+            attempt.error = Some(error.clone());
+            r.error = Some(error);
+            r.finished_at = Some(now);
+            r.retry_at = None;
+        }
+        End::Released => {
+            r.status = ExecutionStatus::Queued;
+            r.attempt = r.attempt.saturating_sub(1);
+            r.started_at = None;
+            r.updated_at = now;
+            return true;
+        }
+        End::Lost => return false,
+    }
+    r.attempts.push(attempt);
+    r.updated_at = now;
+    true
+}
