@@ -1,1 +1,138 @@
-fn main() {}
+//! No-op job throughput and pickup latency, per backend, with default settings.
+//!
+//! ```text
+//! cargo bench --bench throughput                 # memory and embedded
+//! cargo bench --bench throughput -- embedded     # one backend
+//! JOBS=50000 cargo bench --bench throughput      # another backlog size
+//! ```
+//!
+//! Throughput: a backlog of JOBS no-op jobs is enqueued (in batches of 1,000), then the
+//! workers start with the default configuration (concurrency 2) and the clock runs until
+//! the last execution is recorded as succeeded and its message acked. Pickup latency: with
+//! idle workers, one job at a time is enqueued; the time from the start of the enqueue call
+//! to the start of the job's body, over 2,000 jobs.
+
+use std::sync::OnceLock;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use netscript::prelude::*;
+use netscript::{CancellationToken, QueueProvider, store::ExecutionFilter};
+
+/// Does nothing.
+#[job(id = "noop", retries = 0)]
+async fn noop() -> JobResult<()> {
+    Ok(())
+}
+
+static STARTED: OnceLock<std_mpsc::SyncSender<Instant>> = OnceLock::new();
+
+/// Tells the benchmark when it started.
+#[job(id = "ping", retries = 0)]
+async fn ping() -> JobResult<()> {
+    if let Some(tx) = STARTED.get() {
+        let _ = tx.try_send(Instant::now());
+    }
+    Ok(())
+}
+
+async fn runtime(provider: QueueProvider, dir: &std::path::Path) -> Runtime {
+    Runtime::builder().ignore_env().provider(provider).data_dir(dir).build().await.expect("runtime")
+}
+
+async fn throughput(provider: QueueProvider, jobs: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(provider, dir.path()).await;
+    let t = Instant::now();
+    for chunk in (0..jobs).collect::<Vec<_>>().chunks(1000) {
+        rt.enqueue_many(chunk.iter().map(|_| noop::enqueue()).collect()).await.expect("enqueue");
+    }
+    let enqueue = t.elapsed();
+    let stop = CancellationToken::new();
+    let workers = tokio::spawn({
+        let rt = rt.clone();
+        let stop = stop.clone();
+        async move { rt.run_workers(stop).await }
+    });
+    let t = Instant::now();
+    loop {
+        let s = rt.queue().stats().await.expect("stats");
+        if s.ready + s.leased + s.delayed == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stop.cancel();
+    workers.await.expect("workers");
+    let run = t.elapsed();
+    let done = rt
+        .store()
+        .list(&ExecutionFilter { limit: Some(jobs), status: Some(netscript::ExecutionStatus::Succeeded), ..Default::default() })
+        .await
+        .expect("list")
+        .len();
+    assert_eq!(done, jobs, "every job recorded as succeeded");
+    println!(
+        "{:<9} throughput: {jobs} no-op jobs in {:>7.1} ms = {:>9.0} jobs/s   (enqueue: {:>9.0} jobs/s)",
+        provider.as_str(),
+        run.as_secs_f64() * 1e3,
+        jobs as f64 / run.as_secs_f64(),
+        jobs as f64 / enqueue.as_secs_f64(),
+    );
+}
+
+async fn latency(provider: QueueProvider, samples: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(provider, dir.path()).await;
+    let (tx, rx) = std_mpsc::sync_channel(1);
+    // One benchmark per process run shares the sender; later runs reuse it.
+    let _ = STARTED.set(tx);
+    let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+    let stop = CancellationToken::new();
+    let workers = tokio::spawn({
+        let rt = rt.clone();
+        let stop = stop.clone();
+        async move { rt.run_workers(stop).await }
+    });
+    let mut lat = Vec::with_capacity(samples);
+    for i in 0..samples + 100 {
+        // Let the worker go idle so each sample measures a wake-up, not a busy loop.
+        tokio::time::sleep(Duration::from_micros(300)).await;
+        let t0 = Instant::now();
+        rt.enqueue(ping::enqueue()).await.expect("enqueue");
+        let rx = std::sync::Arc::clone(&rx);
+        let started = tokio::task::spawn_blocking(move || rx.lock().expect("lock").recv_timeout(Duration::from_secs(10)))
+            .await
+            .expect("join")
+            .expect("job started");
+        if i >= 100 {
+            lat.push(started.duration_since(t0));
+        }
+    }
+    stop.cancel();
+    workers.await.expect("workers");
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "{:<9} pickup latency over {samples}: p50 {:>7.3} ms   p99 {:>7.3} ms   max {:>7.3} ms",
+        provider.as_str(),
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        lat[lat.len() - 1].as_secs_f64() * 1e3,
+    );
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let jobs: usize = std::env::var("JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
+    for provider in [QueueProvider::Memory, QueueProvider::Embedded] {
+        if !filter.is_empty() && !filter.iter().any(|f| f == provider.as_str()) {
+            continue;
+        }
+        rt.block_on(async {
+            throughput(provider, jobs).await;
+            latency(provider, 2000).await;
+        });
+    }
+}

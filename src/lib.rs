@@ -32,7 +32,7 @@
 pub use netscript_macros::job;
 pub use netscript_runtime::runtime::{EnqueueError, Providers, Receipt};
 pub use netscript_runtime::{
-    Backoff, EnqueueJob, EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, JobContext,
+    Backoff, CancellationToken, EnqueueJob, EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, JobContext,
     JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, Runtime,
     RuntimeBuilder, StartupError, State, WorkersConfig, api, cli, config, job as jobs, kv, queue,
     store, time, worker,

@@ -15,6 +15,8 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "embedded")]
+pub mod embedded;
 pub mod job;
 pub mod kv;
 pub mod queue;
@@ -30,6 +32,8 @@ pub use job::{
 };
 
 pub use runtime::{Runtime, RuntimeBuilder, StartupError};
+/// Fires once to stop something: workers (`Runtime::run_workers`), a job (`JobContext::cancellation`).
+pub use tokio_util::sync::CancellationToken;
 pub use store::{ExecutionId, ExecutionRecord, ExecutionStatus};
 
 #[doc(hidden)]

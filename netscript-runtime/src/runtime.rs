@@ -470,7 +470,17 @@ impl Runtime {
     pub async fn serve(&self, workers: bool, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<WorkerReport, StartupError> {
         let addr = self.inner.config.api_addr;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
-        let addr = listener.local_addr().unwrap_or(addr);
+        Ok(self.serve_on(listener, workers, shutdown).await)
+    }
+
+    /// Like [`Runtime::serve`], on a listener the caller bound (port 0 in tests).
+    pub async fn serve_on(
+        &self,
+        listener: tokio::net::TcpListener,
+        workers: bool,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> WorkerReport {
+        let addr = listener.local_addr().unwrap_or(self.inner.config.api_addr);
         tracing::info!("API listening on http://{addr}");
         let stop = CancellationToken::new();
         let workers = (workers && self.inner.config.enabled).then(|| {
@@ -491,21 +501,22 @@ impl Runtime {
             tracing::error!(error = %e, "API server failed");
             stop.cancel();
         }
-        let report = match workers {
+        match workers {
             Some(handle) => handle.await.unwrap_or_default(),
             None => WorkerReport::default(),
-        };
-        Ok(report)
+        }
     }
 
     /// Waits until the execution reaches a final status (or `timeout`), returning its last
-    /// record. Works across processes: it watches this process's feed and re-reads the store.
+    /// record (`None` if it never got one). Works across processes: it watches this process's feed and re-reads the store.
     pub async fn wait_for(&self, id: ExecutionId, timeout: Duration) -> Result<Option<ExecutionRecord>, StoreError> {
         let mut feed = self.inner.store.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let record = self.inner.store.get(id).await?;
-            if record.as_ref().is_none_or(|r| r.status.is_final()) || tokio::time::Instant::now() >= deadline {
+            // No record yet is not an answer: a message enqueued without one (through the
+            // queue API) gets its record when a worker claims it.
+            if record.as_ref().is_some_and(|r| r.status.is_final()) || tokio::time::Instant::now() >= deadline {
                 return Ok(record);
             }
             let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)), async {

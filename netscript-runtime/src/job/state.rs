@@ -10,6 +10,10 @@ use super::JobError;
 /// Register the value once with `RuntimeBuilder::state`; every job with a `State<T>`
 /// parameter gets a cheap clone of the same `Arc<T>`. A job asking for a type nobody
 /// registered is refused at startup.
+///
+/// Like axum's `State`, it can be destructured in the parameter list:
+/// `State(db): State<Db>` binds `db: Arc<Db>`. Otherwise it dereferences to `T`; note that
+/// `state.0` is the `Arc`, so reach a tuple struct's own field as `state.0.0`.
 pub struct State<T: ?Sized>(pub Arc<T>);
 
 impl<T: ?Sized> State<T> {

@@ -1,0 +1,210 @@
+//! The HTTP API: every route and its error paths in-process (tower `oneshot`), and a trigger
+//! → run → read round trip over a real socket.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use netscript::prelude::*;
+use netscript::{ExecutionStatus, QueueProvider};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct Charge {
+    order_id: String,
+    amount_cents: u64,
+}
+
+/// Charges an order.
+#[job(id = "charge", topic = "payments", timeout = "5s", retries = 1, tags = ["billing"])]
+async fn charge(payload: Charge) -> JobResult<String> {
+    Ok(format!("{}:{}", payload.order_id, payload.amount_cents))
+}
+
+/// Takes no payload.
+#[job(id = "tick")]
+async fn tick() -> JobResult<()> {
+    Ok(())
+}
+
+async fn runtime() -> Runtime {
+    Runtime::builder().ignore_env().provider(QueueProvider::Memory).build().await.expect("runtime")
+}
+
+async fn call(rt: &Runtime, method: Method, uri: &str, body: &str) -> (StatusCode, Value) {
+    let req = Request::builder().method(method).uri(uri).body(Body::from(body.to_owned())).unwrap();
+    let res = netscript::api::router(rt.clone()).oneshot(req).await.unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
+    (status, value)
+}
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {v}"))
+}
+
+#[tokio::test]
+async fn health_names_the_providers() {
+    let rt = runtime().await;
+    let (status, body) = call(&rt, Method::GET, "/health", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["providers"]["queue"], "memory");
+    assert_eq!(body["providers"]["kv"], "memory");
+}
+
+#[tokio::test]
+async fn jobs_are_listed_with_their_payload_schema() {
+    let rt = runtime().await;
+    let (status, body) = call(&rt, Method::GET, "/api/v1/workers/jobs", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let jobs = body.as_array().unwrap();
+    let charge = jobs.iter().find(|j| j["id"] == "charge").expect("charge listed");
+    assert_eq!(charge["topic"], "payments");
+    assert_eq!(charge["description"], "Charges an order.");
+    assert_eq!(charge["timeoutMs"], 5000);
+    assert_eq!(charge["retries"], 1);
+    assert_eq!(charge["tags"], json!(["billing"]));
+    let schema = &charge["payloadSchema"];
+    assert!(schema["properties"]["orderId"].is_object(), "{schema}");
+    assert!(schema["properties"]["amountCents"].is_object(), "{schema}");
+    let tick = jobs.iter().find(|j| j["id"] == "tick").unwrap();
+    assert_eq!(tick["payloadSchema"]["type"], "null");
+}
+
+#[tokio::test]
+async fn trigger_accepts_a_bare_payload_or_an_envelope() {
+    let rt = runtime().await;
+    let (status, body) = call(&rt, Method::POST, "/api/v1/workers/jobs/charge/trigger", r#"{"orderId":"o1","amountCents":5}"#).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["executionId"].as_str().unwrap().to_owned();
+    assert_eq!(body["duplicate"], false);
+
+    let envelope = r#"{"payload":{"orderId":"o2","amountCents":7},"idempotencyKey":"o2","priority":3}"#;
+    let (status, first) = call(&rt, Method::POST, "/api/v1/workers/jobs/charge/trigger", envelope).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, again) = call(&rt, Method::POST, "/api/v1/workers/jobs/charge/trigger", envelope).await;
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["executionId"], first["executionId"]);
+
+    let (status, record) = call(&rt, Method::GET, &format!("/api/v1/workers/executions/{id}"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(record["status"], "queued");
+    assert_eq!(record["jobId"], "charge");
+    assert_eq!(record["payload"], json!({"orderId":"o1","amountCents":5}));
+
+    let (status, _) = call(&rt, Method::POST, "/api/v1/workers/jobs/tick/trigger", "").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(rt.queue().stats().await.unwrap().ready, 3);
+}
+
+#[tokio::test]
+async fn bad_triggers_are_refused_and_enqueue_nothing() {
+    let rt = runtime().await;
+    let (status, body) = call(&rt, Method::POST, "/api/v1/workers/jobs/nope/trigger", "{}").await;
+    assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "unknown_job"));
+    let (status, body) = call(&rt, Method::POST, "/api/v1/workers/jobs/charge/trigger", r#"{"orderId":"o1"}"#).await;
+    assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload"));
+    assert!(body["error"]["message"].as_str().unwrap().contains("amountCents"), "{body}");
+    let (status, body) = call(&rt, Method::POST, "/api/v1/workers/jobs/charge/trigger", r#"{"orderId": "#).await;
+    assert_eq!((status, error_code(&body)), (StatusCode::BAD_REQUEST, "malformed_json"));
+    let (status, body) = call(&rt, Method::POST, "/api/v1/workers/jobs/tick/trigger", r#"{"x":1}"#).await;
+    assert_eq!((status, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload"));
+    assert_eq!(rt.queue().stats().await.unwrap().ready, 0);
+    assert!(rt.store().list(&Default::default()).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn executions_are_listed_newest_first_with_filters_and_a_cursor() {
+    let rt = runtime().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = rt.enqueue(charge::enqueue(Charge { order_id: format!("o{i}"), amount_cents: i })).await.unwrap();
+        ids.push(r.execution_id.to_string());
+    }
+    rt.enqueue(tick::enqueue()).await.unwrap();
+    let (status, body) = call(&rt, Method::GET, "/api/v1/workers/executions?limit=2&job=charge", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let page: Vec<&str> = body["executions"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(page, [ids[4].as_str(), ids[3].as_str()]);
+    let cursor = body["nextCursor"].as_str().unwrap();
+    let (_, next) = call(&rt, Method::GET, &format!("/api/v1/workers/executions?limit=10&job=charge&before={cursor}"), "").await;
+    let rest: Vec<&str> = next["executions"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(rest, [ids[2].as_str(), ids[1].as_str(), ids[0].as_str()]);
+    assert!(next["nextCursor"].is_null());
+    let (_, all) = call(&rt, Method::GET, "/api/v1/workers/executions?status=queued", "").await;
+    assert_eq!(all["executions"].as_array().unwrap().len(), 6);
+    let (_, none) = call(&rt, Method::GET, "/api/v1/workers/executions?status=succeeded", "").await;
+    assert!(none["executions"].as_array().unwrap().is_empty());
+
+    for bad in ["limit=0", "limit=5000", "status=weird", "before=xyz"] {
+        let (status, body) = call(&rt, Method::GET, &format!("/api/v1/workers/executions?{bad}"), "").await;
+        assert_eq!((status, error_code(&body)), (StatusCode::BAD_REQUEST, "invalid_query"), "{bad}");
+    }
+    let (status, body) = call(&rt, Method::GET, "/api/v1/workers/executions/0191f0a0-0000-7000-8000-000000000000", "").await;
+    assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "unknown_execution"));
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let rt = runtime().await;
+    let (status, body) = call(&rt, Method::GET, "/api/v1/nothing", "").await;
+    assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, body) = call(&rt, Method::DELETE, "/api/v1/workers/jobs", "").await;
+    assert_eq!((status, error_code(&body)), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+}
+
+/// Sends one HTTP/1.1 request over a fresh connection and returns status and JSON body.
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let status: u16 = text[9..12].parse().unwrap();
+    let (_, body) = text.split_once("\r\n\r\n").unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn trigger_run_and_read_over_a_real_socket() {
+    let rt = runtime().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.serve_on(listener, true, async move { rx.await.unwrap_or(()) }).await }
+    });
+    let (status, body) = http(addr, "POST", "/api/v1/workers/jobs/charge/trigger", r#"{"orderId":"o9","amountCents":12}"#).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["executionId"].as_str().unwrap().to_owned();
+    let mut record = Value::Null;
+    for _ in 0..200 {
+        let (_, r) = http(addr, "GET", &format!("/api/v1/workers/executions/{id}"), "").await;
+        record = r;
+        if record["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["result"], "o9:12");
+    let (status, list) = http(addr, "GET", "/api/v1/workers/executions?limit=5", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["executions"][0]["id"], id.as_str());
+    tx.send(()).unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), server).await.expect("server stops").unwrap();
+    assert_eq!(report.started, 1);
+    let r = rt.store().get(id.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(r.status, ExecutionStatus::Succeeded);
+}

@@ -1,0 +1,360 @@
+//! The dispatcher, the in-process runner and the recorder, end to end on the memory and the
+//! embedded backends: results, retries, dead letters, panics, timeouts, progress, drain.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use netscript::prelude::*;
+use netscript::queue::NewMessage;
+use netscript::{CancellationToken, ExecutionStatus, QueueProvider, StartupError};
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+struct Sum {
+    sum: i64,
+}
+
+/// Adds two numbers.
+#[job(id = "add", retries = 0)]
+async fn add(payload: Add) -> JobResult<Sum> {
+    Ok(Sum { sum: payload.a + payload.b })
+}
+
+/// Fails its first attempt.
+#[job(id = "fail-once", retries = 2, backoff = "fixed(10ms)")]
+async fn fail_once(ctx: JobContext) -> JobResult<u32> {
+    if ctx.attempt() == 1 {
+        return Err(JobError::retryable("first attempt always fails"));
+    }
+    Ok(ctx.attempt())
+}
+
+/// Always fails, retryably.
+#[job(id = "always-fails", retries = 2, backoff = "fixed(10ms)")]
+async fn always_fails() -> JobResult<()> {
+    Err(JobError::retryable("still broken"))
+}
+
+/// Fails fatally.
+#[job(id = "fatal", retries = 5, backoff = "fixed(10ms)")]
+async fn fatal() -> JobResult<()> {
+    Err(JobError::fatal("card declined"))
+}
+
+/// Panics.
+#[job(id = "panics", retries = 0)]
+async fn panics() -> JobResult<()> {
+    panic!("boom in a job");
+}
+
+static TIMED_OUT_SAW_CANCEL: AtomicU32 = AtomicU32::new(0);
+
+/// Runs past its timeout, watching its cancellation signal.
+#[job(id = "too-slow", timeout = "100ms", retries = 0)]
+async fn too_slow(ctx: JobContext) -> JobResult<()> {
+    let cancel = ctx.cancellation().clone();
+    // The runner drops this future at the timeout; a task it spawned sees the signal.
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        TIMED_OUT_SAW_CANCEL.fetch_add(1, Ordering::SeqCst);
+    });
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    Ok(())
+}
+
+/// Reports progress.
+#[job(id = "progress", retries = 0)]
+async fn progress(ctx: JobContext) -> JobResult<()> {
+    ctx.progress(30, "a third").await;
+    ctx.progress(250, "clamped").await;
+    Ok(())
+}
+
+/// Sleeps as long as asked.
+#[job(id = "sleep", retries = 0, timeout = "1m")]
+async fn sleep(ms: u64) -> JobResult<u64> {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(ms)
+}
+
+struct Greeter {
+    greeting: &'static str,
+}
+
+/// Uses shared state.
+#[job(id = "greet", retries = 0)]
+async fn greet(greeter: State<Greeter>, name: String) -> JobResult<String> {
+    Ok(format!("{}, {name}", greeter.greeting))
+}
+
+async fn runtime(provider: QueueProvider, dir: &std::path::Path) -> Runtime {
+    Runtime::builder()
+        .ignore_env()
+        .provider(provider)
+        .data_dir(dir)
+        .state(Greeter { greeting: "hello" })
+        .configure(|c| {
+            c.concurrency = 4;
+            c.shutdown_timeout = Duration::from_millis(300);
+        })
+        .build()
+        .await
+        .expect("runtime")
+}
+
+struct Workers {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<netscript::worker::WorkerReport>,
+}
+
+fn start(rt: &Runtime) -> Workers {
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn({
+        let rt = rt.clone();
+        let stop = stop.clone();
+        async move { rt.run_workers(stop).await }
+    });
+    Workers { stop, handle }
+}
+
+impl Workers {
+    async fn stop(self) -> netscript::worker::WorkerReport {
+        self.stop.cancel();
+        self.handle.await.expect("workers")
+    }
+}
+
+async fn finish(rt: &Runtime, id: netscript::ExecutionId) -> netscript::ExecutionRecord {
+    let r = rt.wait_for(id, Duration::from_secs(20)).await.expect("store").expect("record");
+    assert!(r.status.is_final(), "execution did not finish: {r:?}");
+    r
+}
+
+macro_rules! on_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test] async fn $name() { super::$name(netscript::QueueProvider::Memory).await })*
+        }
+        mod embedded {
+            $(#[tokio::test] async fn $name() { super::$name(netscript::QueueProvider::Embedded).await })*
+        }
+    };
+}
+
+on_each_backend!(
+    success_is_recorded_with_its_result,
+    a_failed_attempt_is_retried_and_both_attempts_are_recorded,
+    exhausted_retries_dead_letter_with_the_last_error,
+    fatal_errors_skip_retries,
+    a_panic_is_a_failure_and_the_worker_keeps_going,
+    a_timeout_fires_cancellation_and_fails_the_attempt,
+    progress_is_recorded,
+    unknown_jobs_and_undecodable_payloads_are_dead_lettered,
+    shared_state_reaches_the_job,
+    shutdown_gives_running_jobs_back,
+    idempotency_keys_collapse_enqueues,
+);
+
+async fn success_is_recorded_with_its_result(p: QueueProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(p, dir.path()).await;
+    let receipt = rt.enqueue(add::enqueue(Add { a: 2, b: 40 })).await.unwrap();
+    let queued = rt.store().get(receipt.execution_id).await.unwrap().unwrap();
+    assert_eq!(queued.status, ExecutionStatus::Queued);
+    assert_eq!(queued.payload, serde_json::json!({"a": 2, "b": 40}));
+    let w = start(&rt);
+    let r = finish(&rt, receipt.execution_id).await;
+    assert_eq!(r.status, ExecutionStatus::Succeeded);
+    assert_eq!(r.result, Some(serde_json::json!({"sum": 42})));
+    assert_eq!(r.attempt, 1);
+    assert_eq!(r.attempts.len(), 1);
+    assert!(r.finished_at.is_some() && r.started_at.is_some());
+    w.stop().await;
+    let stats = rt.queue().stats().await.unwrap();
+    assert_eq!(stats.ready + stats.leased + stats.delayed + stats.dead, 0, "acked: {stats:?}");
+}
+
+async fn a_failed_attempt_is_retried_and_both_attempts_are_recorded(p: QueueProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(p, dir.path()).await;
+    let w = start(&rt);
+    let id = rt.enqueue(fail_once::enqueue()).await.unwrap().execution_id;
+    let r = finish(&rt, id).await;
+    assert_eq!(r.status, ExecutionStatus::Succeeded);
+    assert_eq!(r.result, Some(serde_json::json!(2)));
+    assert_eq!(r.attempt, 2);
+    assert_eq!(r.attempts.len(), 2);
+    assert_eq!(r.attempts[0].error.as_deref(), Some("first attempt always fails"));
+    assert_eq!(r.attempts[1].error, None);
+    w.stop().await;
+}
+
+async fn exhausted_retries_dead_letter_with_the_last_error(p: QueueProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(p, dir.path()).await;
+    let w = start(&rt);
+    let id = rt.enqueue(always_fails::enqueue()).await.unwrap().execution_id;
+    let r = finish(&rt, id).await;
+    assert_eq!(r.status, ExecutionStatus::Dead);
+    assert_eq!(r.attempt, 3, "retries = 2 means three attempts");
+    assert_eq!(r.attempts.len(), 3);
+    assert_eq!(r.error.as_deref(), Some("still broken"));
+    w.stop().await;
+    let dead = rt.queue().dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, id);
+    assert_eq!(dead[0].error, "still broken");
+}
+
+async fn fatal_errors_skip_retries(p: QueueProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(p, dir.path()).await;
+    let w = start(&rt);
+    let id = rt.enqueue(fatal::enqueue()).await.unwrap().execution_id;
+    let r = finish(&rt, id).await;
+    assert_eq!(r.status, ExecutionStatus::Dead);
+    assert_eq!(r.attempt, 1);
+    assert_eq!(r.error.as_deref(), Some("card declined"));
+    w.stop().await;
+}
+
+async fn a_panic_is_a_failure_and_the_worker_keeps_going(p: QueueProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(p, dir.path()).await;
+    let w = start(&rt);
+    let id = rt.enqueue(panics::enqueue()).await.unwrap().execution_id;
+    let r = finish(&rt, id).await;
+    assert_eq!(r.status, ExecutionStatus::Dead);
+    assert_eq!(r.error.as_deref(), Some("job panicked: boom in a job"));
+    let after = rt.enqueue(add::enqueue(Add { a: 1, b: 1 })).await.unwrap().execution_id;
+    assert_eq!(finish(&rt, after).await.status, ExecutionStatus::Succeeded);
+    w.stop().await;
+}
+
+async fn a_timeout_fires_cancellation_and_fails_the_attempt(p: QueueProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(p, dir.path()).await;
+    let w = start(&rt);
+    let before = TIMED_OUT_SAW_CANCEL.load(Ordering::SeqCst);
+    let id = rt.enqueue(too_slow::enqueue()).await.unwrap().execution_id;
+    let r = finish(&rt, id).await;
+    assert_eq!(r.status, ExecutionStatus::Dead);
+    assert_eq!(r.error.as_deref(), Some("job timed out after 100ms"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(TIMED_OUT_SAW_CANCEL.load(Ordering::SeqCst) > before, "the cancellation signal fired");
+    w.stop().await;
+}
+
+async fn progress_is_recorded(p: QueueProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(p, dir.path()).await;
+    let mut feed = rt.store().subscribe();
+    let w = start(&rt);
+    let id = rt.enqueue(progress::enqueue()).await.unwrap().execution_id;
+    let r = finish(&rt, id).await;
+    assert_eq!(r.status, ExecutionStatus::Succeeded);
+    let last = r.progress.expect("progress kept");
+    assert_eq!((last.percent, last.message.as_str()), (100, "clamped"));
+    // The feed saw the execution queued and succeeded.
+    let mut seen = Vec::new();
+    while let Ok(rec) = feed.try_recv() {
+        if rec.id == id {
+            seen.push(rec.status);
+        }
+    }
+    assert_eq!(seen.first(), Some(&ExecutionStatus::Queued), "{seen:?}");
+    assert_eq!(seen.last(), Some(&ExecutionStatus::Succeeded), "{seen:?}");
+    w.stop().await;
+}
+
+async fn unknown_jobs_and_undecodable_payloads_are_dead_lettered(p: QueueProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(p, dir.path()).await;
+    let unknown = NewMessage::new("default", "no-such-job", b"null".to_vec());
+    let garbage = NewMessage::new("default", "add", br#"{"a":"two"}"#.to_vec());
+    let ids: Vec<_> = rt.queue().enqueue(vec![unknown, garbage]).await.unwrap().iter().map(|e| e.id()).collect();
+    let w = start(&rt);
+    let r = finish(&rt, ids[0]).await;
+    assert_eq!(r.status, ExecutionStatus::Dead);
+    assert_eq!(r.error.as_deref(), Some("no job `no-such-job` is registered in this binary"));
+    let r = finish(&rt, ids[1]).await;
+    assert_eq!(r.status, ExecutionStatus::Dead);
+    assert_eq!(r.attempt, 1, "a payload that does not decode is not retried");
+    assert!(r.error.as_deref().unwrap().starts_with("payload does not match the job's type"), "{r:?}");
+    w.stop().await;
+    assert_eq!(rt.queue().dead_letters(10).await.unwrap().len(), 2);
+}
+
+async fn shared_state_reaches_the_job(p: QueueProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(p, dir.path()).await;
+    let w = start(&rt);
+    let id = rt.enqueue(greet::enqueue("Ada".to_owned())).await.unwrap().execution_id;
+    assert_eq!(finish(&rt, id).await.result, Some(serde_json::json!("hello, Ada")));
+    w.stop().await;
+}
+
+async fn shutdown_gives_running_jobs_back(p: QueueProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(p, dir.path()).await;
+    let quick = rt.enqueue(sleep::enqueue(10)).await.unwrap().execution_id;
+    let slow = rt.enqueue(sleep::enqueue(20_000)).await.unwrap().execution_id;
+    let w = start(&rt);
+    finish(&rt, quick).await;
+    // Wait for the slow one to be running, then stop with a 300 ms grace period.
+    for _ in 0..200 {
+        if rt.store().get(slow).await.unwrap().unwrap().status == ExecutionStatus::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let report = w.stop().await;
+    assert_eq!(report.abandoned, 1);
+    let r = rt.store().get(slow).await.unwrap().unwrap();
+    assert_eq!(r.status, ExecutionStatus::Queued, "given back: {r:?}");
+    let stats = rt.queue().stats().await.unwrap();
+    assert_eq!((stats.ready, stats.leased), (1, 0), "{stats:?}");
+    // The next claim of it is attempt 1 again: a release does not use up an attempt.
+    let d = rt
+        .queue()
+        .claim(netscript::queue::ClaimRequest { topics: vec![], max: 1, lease: Duration::from_secs(5) })
+        .await
+        .unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].id, d[0].attempt), (slow, 1));
+}
+
+async fn idempotency_keys_collapse_enqueues(p: QueueProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(p, dir.path()).await;
+    let first = rt.enqueue(add::enqueue(Add { a: 1, b: 2 }).idempotency_key("order-7")).await.unwrap();
+    let second = rt.enqueue(add::enqueue(Add { a: 1, b: 2 }).idempotency_key("order-7")).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(first.execution_id, second.execution_id);
+    assert_eq!(rt.queue().stats().await.unwrap().ready, 1);
+}
+
+#[tokio::test]
+async fn json_enqueue_validates_and_enqueues_nothing_when_invalid() {
+    let rt = runtime(QueueProvider::Memory, std::path::Path::new("unused")).await;
+    let e = rt.enqueue_json("add", serde_json::json!({"a": 1}), Default::default()).await.unwrap_err();
+    assert!(e.to_string().contains("missing field `b`"), "{e}");
+    let e = rt.enqueue_json("nope", serde_json::Value::Null, Default::default()).await.unwrap_err();
+    assert_eq!(e.to_string(), "no job `nope` is registered");
+    assert_eq!(rt.queue().stats().await.unwrap().ready, 0);
+    assert!(rt.store().list(&Default::default()).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn missing_state_is_a_startup_error_naming_job_and_type() {
+    let e = Runtime::builder().ignore_env().provider(QueueProvider::Memory).build().await.unwrap_err();
+    assert!(matches!(e, StartupError::Registry(_)), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("job `greet`") && msg.contains("Greeter"), "{msg}");
+}
