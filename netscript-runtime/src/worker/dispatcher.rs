@@ -4,11 +4,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{Decision, decide};
-use super::recorder::{self, End, Event, RecorderSink};
+use super::recorder::{End, Event, RecorderSink, Recorders};
 use super::runner::{AttemptOutcome, InProcessRunner};
 use crate::job::{ContextParts, JobContext, Registry, StateMap};
 use crate::queue::{ClaimRequest, Delivery, Lease, MessageId, Queue, Settled, Settlement};
@@ -61,7 +61,7 @@ struct Shared {
     states: Arc<StateMap>,
     options: DispatcherOptions,
     runner: InProcessRunner,
-    events: mpsc::Sender<Event>,
+    events: Recorders,
     sink: Arc<RecorderSink>,
     in_flight: Mutex<HashMap<MessageId, InFlight>>,
     /// Fired when the drain's grace period is over: running attempts are abandoned.
@@ -93,16 +93,16 @@ impl Dispatcher {
     /// running attempts, abandons the rest (their messages go back to the queue) and
     /// flushes every record.
     pub async fn run(self, stop: CancellationToken) -> WorkerReport {
-        let (tx, rx) = mpsc::channel(8192);
-        let recorder = tokio::spawn(recorder::run(rx, self.store.clone(), Arc::clone(&self.queue)));
+        let shards = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+        let (recorders, recorder_tasks) = Recorders::start(shards, &self.store, &self.queue);
         let shared = Arc::new(Shared {
             queue: self.queue,
             store: self.store,
             registry: self.registry,
             states: self.states,
             runner: InProcessRunner,
-            sink: Arc::new(RecorderSink(tx.clone())),
-            events: tx,
+            sink: Arc::new(RecorderSink(recorders.clone())),
+            events: recorders,
             in_flight: Mutex::new(HashMap::new()),
             abandon: CancellationToken::new(),
             options: self.options,
@@ -175,10 +175,12 @@ impl Dispatcher {
         heartbeat.abort();
         // Every attempt has sent its end (see `run_one`); what a job's leaked context sends
         // after this has nowhere to go.
-        let _ = shared.events.send(Event::Shutdown).await;
+        shared.events.send(Event::Shutdown).await;
         drop(shared);
-        if let Err(e) = recorder.await {
-            tracing::error!(error = %e, "execution recorder failed");
+        for task in recorder_tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "execution recorder failed");
+            }
         }
         report
     }
@@ -190,9 +192,9 @@ async fn run_one(shared: Arc<Shared>, d: Delivery, permit: OwnedSemaphorePermit)
         let error = format!("no job `{}` is registered in this binary", d.kind);
         tracing::error!(execution = %d.id, "{error}");
         let record = started_record(&shared, &d, 1).await;
-        let _ = shared.events.send(Event::Started(Box::new(record))).await;
+        shared.events.send(Event::Started(Box::new(record))).await;
         let settlement = Settlement::DeadLetter { lease: d.lease, error: error.clone() };
-        let _ = shared.events.send(Event::Finished { id: d.id, end: End::Dead { error }, settlement: Some(settlement) }).await;
+        shared.events.send(Event::Finished { id: d.id, end: End::Dead { error }, settlement: Some(settlement) }).await;
         drop(permit);
         return;
     };
@@ -217,7 +219,7 @@ async fn run_one(shared: Arc<Shared>, d: Delivery, permit: OwnedSemaphorePermit)
         stop.clone(),
         Arc::clone(&shared.sink) as _,
     );
-    let _ = shared.events.send(Event::Started(Box::new(record))).await;
+    shared.events.send(Event::Started(Box::new(record))).await;
 
     let timeout = job.timeout.unwrap_or(shared.options.default_timeout);
     let outcome = shared.runner.run(job, ctx, &d.payload, &shared.states, timeout, &stop).await;
@@ -243,7 +245,7 @@ async fn run_one(shared: Arc<Shared>, d: Delivery, permit: OwnedSemaphorePermit)
     };
     // Hand the end to the recorder before freeing the slot, so a drain that has every
     // slot back has every end too. Sending only queues it; the write happens in batches.
-    let _ = shared.events.send(Event::Finished { id: d.id, end, settlement }).await;
+    shared.events.send(Event::Finished { id: d.id, end, settlement }).await;
     drop(permit);
 }
 

@@ -1,6 +1,6 @@
 //! Writes execution records and settles messages, in batches.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -39,19 +39,64 @@ pub(crate) enum End {
     Lost,
 }
 
+/// The recorder shards: one batching task per shard, each owning the executions whose id
+/// maps to it, so record writes use every core while each execution's events stay in order.
+#[derive(Clone)]
+pub(crate) struct Recorders {
+    shards: Vec<mpsc::Sender<Event>>,
+}
+
+impl Recorders {
+    /// Starts `shards` recorder tasks; returns their senders and join handles.
+    pub(crate) fn start(
+        shards: usize,
+        store: &ExecutionStore,
+        queue: &Arc<dyn Queue>,
+    ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+        let mut senders = Vec::with_capacity(shards);
+        let mut handles = Vec::with_capacity(shards);
+        for _ in 0..shards.max(1) {
+            let (tx, rx) = mpsc::channel(8192);
+            senders.push(tx);
+            handles.push(tokio::spawn(run(rx, store.clone(), Arc::clone(queue))));
+        }
+        (Self { shards: senders }, handles)
+    }
+
+    fn shard(&self, id: ExecutionId) -> &mpsc::Sender<Event> {
+        // The last bytes of a UUIDv7 are random.
+        let i = usize::from(id.as_bytes()[15]) % self.shards.len();
+        &self.shards[i]
+    }
+
+    /// Queues an event for its execution's shard. Fails only once the recorders stopped.
+    pub(crate) async fn send(&self, event: Event) {
+        let id = match &event {
+            Event::Started(r) => r.id,
+            Event::Progress(id, _) | Event::Finished { id, .. } => *id,
+            Event::Shutdown => {
+                for tx in &self.shards {
+                    let _ = tx.send(Event::Shutdown).await;
+                }
+                return;
+            }
+        };
+        let _ = self.shard(id).send(event).await;
+    }
+}
+
 /// The progress sink jobs report to.
-pub(crate) struct RecorderSink(pub mpsc::Sender<Event>);
+pub(crate) struct RecorderSink(pub Recorders);
 
 #[async_trait]
 impl ProgressSink for RecorderSink {
     async fn report(&self, execution: ExecutionId, progress: Progress) {
-        // Fails only when the worker is gone; the report has nowhere to go then.
-        let _ = self.0.send(Event::Progress(execution, progress)).await;
+        self.0.send(Event::Progress(execution, progress)).await;
     }
 }
 
 /// Drains `rx` until every sender is dropped, writing each batch before settling it.
-pub(crate) async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dyn Queue>) {
+async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dyn Queue>) {
     let mut live: HashMap<ExecutionId, ExecutionRecord> = HashMap::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut open = true;
@@ -87,7 +132,12 @@ pub(crate) async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, qu
         }
         dirty.sort_unstable();
         dirty.dedup();
-        let records: Vec<ExecutionRecord> = dirty.iter().filter_map(|id| live.get(id).cloned()).collect();
+        // Finished executions leave the live set: move their records, clone the others.
+        let finished: HashSet<ExecutionId> = finished.into_iter().collect();
+        let records: Vec<ExecutionRecord> = dirty
+            .iter()
+            .filter_map(|id| if finished.contains(id) { live.remove(id) } else { live.get(id).cloned() })
+            .collect();
         for id in &finished {
             live.remove(id);
         }
