@@ -1,10 +1,11 @@
 //! Claims messages, runs them, keeps their leases alive, and drains on shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{Decision, decide};
@@ -54,6 +55,10 @@ struct InFlight {
     stop: CancellationToken,
 }
 
+/// Claims a slot may hold beyond the one it runs: claims are made in batches of up to
+/// `concurrency × PREFETCH` and shared by every slot through a local buffer.
+const PREFETCH: usize = 4;
+
 struct Shared {
     queue: Arc<dyn Queue>,
     store: ExecutionStore,
@@ -64,8 +69,28 @@ struct Shared {
     events: Recorders,
     sink: Arc<RecorderSink>,
     in_flight: Mutex<HashMap<MessageId, InFlight>>,
-    /// Fired when the drain's grace period is over: running attempts are abandoned.
+    /// Claimed and not yet started, shared by the slots.
+    buffer: Mutex<VecDeque<Delivery>>,
+    /// Held by the one slot that is claiming more.
+    refilling: tokio::sync::Mutex<()>,
+    /// Wakes idle slots when the buffer was refilled or the dispatcher stops.
+    refilled: Notify,
+    stop: CancellationToken,
+    /// Set when the drain's grace period is over: running attempts are abandoned.
     abandon: CancellationToken,
+    started: AtomicU64,
+    claim_errors: AtomicU32,
+}
+
+impl Shared {
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, InFlight>> {
+        // Entries are inserted and removed whole; a poisoned lock still holds a valid map.
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_buffer(&self) -> std::sync::MutexGuard<'_, VecDeque<Delivery>> {
+        self.buffer.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Claims and runs jobs until stopped. See the [module docs](super).
@@ -92,6 +117,11 @@ impl Dispatcher {
     /// Runs until `stop` fires, then stops claiming, waits up to the shutdown timeout for
     /// running attempts, abandons the rest (their messages go back to the queue) and
     /// flushes every record.
+    ///
+    /// `concurrency` slot tasks each run attempts one after another. A slot that finds the
+    /// local buffer empty claims the next batch for everyone (one claimer at a time), so a
+    /// busy queue costs one claim per batch rather than one per job, and no task is spawned
+    /// per job.
     pub async fn run(self, stop: CancellationToken) -> WorkerReport {
         let shards = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
         let (recorders, recorder_tasks) = Recorders::start(shards, &self.store, &self.queue);
@@ -104,78 +134,62 @@ impl Dispatcher {
             sink: Arc::new(RecorderSink(recorders.clone())),
             events: recorders,
             in_flight: Mutex::new(HashMap::new()),
+            buffer: Mutex::new(VecDeque::new()),
+            refilling: tokio::sync::Mutex::new(()),
+            refilled: Notify::new(),
+            stop: stop.clone(),
             abandon: CancellationToken::new(),
+            started: AtomicU64::new(0),
+            claim_errors: AtomicU32::new(0),
             options: self.options,
         });
         let concurrency = shared.options.concurrency.max(1);
-        let slots = Arc::new(Semaphore::new(concurrency));
         let heartbeat = tokio::spawn(heartbeat(Arc::clone(&shared)));
+        let mut slots: Vec<_> = (0..concurrency).map(|_| tokio::spawn(slot(Arc::clone(&shared)))).collect();
+
+        stop.cancelled().await;
+        shared.refilled.notify_waiters();
         let mut report = WorkerReport::default();
-        let mut claim_errors = 0u32;
-
-        loop {
-            let first = tokio::select! {
-                biased;
-                () = stop.cancelled() => break,
-                p = Arc::clone(&slots).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let mut permits = vec![first];
-            while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
-                permits.push(p);
-            }
-            let request = ClaimRequest {
-                topics: shared.options.topics.clone(),
-                max: permits.len(),
-                lease: shared.options.lease,
-            };
-            let deliveries = match shared.queue.claim(request).await {
-                Ok(d) => {
-                    claim_errors = 0;
-                    d
-                }
-                Err(e) => {
-                    claim_errors = claim_errors.saturating_add(1);
-                    let wait = Duration::from_millis(100 * u64::from(claim_errors.min(50)));
-                    tracing::error!(error = %e, retry_in = ?wait, "claim failed");
-                    drop(permits);
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = tokio::time::sleep(wait) => continue,
-                    }
-                }
-            };
-            if deliveries.is_empty() {
-                drop(permits);
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = shared.queue.wait_for_work(shared.options.poll_interval) => continue,
-                }
-            }
-            for delivery in deliveries {
-                let Some(permit) = permits.pop() else { break };
-                report.started += 1;
-                tokio::spawn(run_one(Arc::clone(&shared), delivery, permit));
-            }
-        }
-
         // Drain: let running attempts finish within the grace period, then abandon them.
-        let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
-        let drained =
-            tokio::time::timeout(shared.options.shutdown_timeout, Arc::clone(&slots).acquire_many_owned(all)).await;
+        let mut joined = 0;
+        let drained = tokio::time::timeout(shared.options.shutdown_timeout, async {
+            for s in &mut slots {
+                let _ = s.await;
+                joined += 1;
+            }
+        })
+        .await;
         if drained.is_err() {
-            report.abandoned = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+            let waiting: HashSet<MessageId> = shared.lock_buffer().iter().map(|d| d.id).collect();
+            let running: Vec<CancellationToken> = shared
+                .lock_in_flight()
+                .iter()
+                .filter(|(id, _)| !waiting.contains(id))
+                .map(|(_, f)| f.stop.clone())
+                .collect();
+            report.abandoned = running.len() as u64;
             tracing::warn!(running = report.abandoned, "shutdown grace period over; giving running jobs back to the queue");
             shared.abandon.cancel();
-            // Abandoned attempts end at once; wait for them to hand over their messages.
-            let _ = Arc::clone(&slots).acquire_many_owned(all).await;
+            for token in running {
+                token.cancel();
+            }
+            // Handles before `joined` completed and were awaited already.
+            for s in slots.into_iter().skip(joined) {
+                let _ = s.await;
+            }
+        }
+        // Claimed but never started: give them back untouched.
+        let unstarted: Vec<Settlement> = shared.lock_buffer().drain(..).map(|d| Settlement::Release(d.lease)).collect();
+        if !unstarted.is_empty()
+            && let Err(e) = shared.queue.settle(unstarted).await
+        {
+            tracing::error!(error = %e, "could not give back prefetched messages; their leases will lapse");
         }
         heartbeat.abort();
         // Every attempt has sent its end (see `run_one`); what a job's leaked context sends
         // after this has nowhere to go.
         shared.events.send(Event::Shutdown).await;
+        report.started = shared.started.load(Ordering::Relaxed);
         drop(shared);
         for task in recorder_tasks {
             if let Err(e) = task.await {
@@ -186,26 +200,96 @@ impl Dispatcher {
     }
 }
 
+/// One slot: runs buffered deliveries one after another; refills the buffer when it is
+/// empty and no other slot is refilling; otherwise waits for the refill.
+async fn slot(shared: Arc<Shared>) {
+    loop {
+        if shared.stop.is_cancelled() {
+            return;
+        }
+        let next = shared.lock_buffer().pop_front();
+        if let Some(delivery) = next {
+            shared.started.fetch_add(1, Ordering::Relaxed);
+            run_one(&shared, delivery).await;
+            continue;
+        }
+        let refilled = shared.refilled.notified();
+        tokio::pin!(refilled);
+        refilled.as_mut().enable();
+        match shared.refilling.try_lock() {
+            Ok(_claiming) => refill(&shared).await,
+            Err(_) => {
+                // Another slot is claiming; it wakes us when it has something.
+                tokio::select! {
+                    () = refilled => {}
+                    () = shared.stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Claims the next batch into the buffer, or waits for work when there is none.
+async fn refill(shared: &Shared) {
+    if !shared.lock_buffer().is_empty() {
+        // Filled while this slot was getting the lock: let the waiting slots at it.
+        shared.refilled.notify_waiters();
+        return;
+    }
+    let request = ClaimRequest {
+        topics: shared.options.topics.clone(),
+        max: shared.options.concurrency.max(1) * PREFETCH,
+        lease: shared.options.lease,
+    };
+    match shared.queue.claim(request).await {
+        Ok(deliveries) if deliveries.is_empty() => {
+            shared.claim_errors.store(0, Ordering::Relaxed);
+            tokio::select! {
+                () = shared.stop.cancelled() => {}
+                () = shared.queue.wait_for_work(shared.options.poll_interval) => {}
+            }
+        }
+        Ok(deliveries) => {
+            shared.claim_errors.store(0, Ordering::Relaxed);
+            let mut in_flight = shared.lock_in_flight();
+            // Prefetched claims are kept alive by the heartbeat like running ones.
+            for d in &deliveries {
+                in_flight.insert(d.id, InFlight { lease: d.lease, stop: CancellationToken::new() });
+            }
+            drop(in_flight);
+            shared.lock_buffer().extend(deliveries);
+            shared.refilled.notify_waiters();
+        }
+        Err(e) => {
+            let n = shared.claim_errors.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            let wait = Duration::from_millis(100 * u64::from(n.min(50)));
+            tracing::error!(error = %e, retry_in = ?wait, "claim failed");
+            tokio::select! {
+                () = shared.stop.cancelled() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
 /// Runs one delivery to its end and tells the recorder.
-async fn run_one(shared: Arc<Shared>, d: Delivery, permit: OwnedSemaphorePermit) {
+async fn run_one(shared: &Shared, d: Delivery) {
     let Some(job) = shared.registry.get(&d.kind) else {
+        shared.lock_in_flight().remove(&d.id);
         let error = format!("no job `{}` is registered in this binary", d.kind);
         tracing::error!(execution = %d.id, "{error}");
-        let record = started_record(&shared, &d, 1).await;
+        let record = started_record(shared, &d, 1).await;
         shared.events.send(Event::Started(Box::new(record))).await;
         let settlement = Settlement::DeadLetter { lease: d.lease, error: error.clone() };
         shared.events.send(Event::Finished { id: d.id, end: End::Dead { error }, settlement: Some(settlement) }).await;
-        drop(permit);
         return;
     };
-    let stop = shared.abandon.child_token();
-    shared
-        .in_flight
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(d.id, InFlight { lease: d.lease, stop: stop.clone() });
+    let stop = match shared.lock_in_flight().get(&d.id) {
+        Some(f) => f.stop.clone(),
+        None => CancellationToken::new(),
+    };
 
-    let record = started_record(&shared, &d, job.max_attempts()).await;
+    let record = started_record(shared, &d, job.max_attempts()).await;
     let ctx = JobContext::new(
         ContextParts {
             execution_id: d.id,
@@ -223,7 +307,7 @@ async fn run_one(shared: Arc<Shared>, d: Delivery, permit: OwnedSemaphorePermit)
 
     let timeout = job.timeout.unwrap_or(shared.options.default_timeout);
     let outcome = shared.runner.run(job, ctx, &d.payload, &shared.states, timeout, &stop).await;
-    shared.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&d.id);
+    shared.lock_in_flight().remove(&d.id);
 
     let (end, settlement) = match outcome {
         AttemptOutcome::Succeeded(value) => (End::Succeeded(value), Some(Settlement::Ack(d.lease))),
@@ -243,10 +327,9 @@ async fn run_one(shared: Arc<Shared>, d: Delivery, permit: OwnedSemaphorePermit)
             }
         }
     };
-    // Hand the end to the recorder before freeing the slot, so a drain that has every
-    // slot back has every end too. Sending only queues it; the write happens in batches.
+    // Sending only queues the end; the write happens in batches. A drain that has every
+    // slot back has every end too.
     shared.events.send(Event::Finished { id: d.id, end, settlement }).await;
-    drop(permit);
 }
 
 /// The record of an attempt that is starting.
@@ -290,8 +373,7 @@ async fn heartbeat(shared: Arc<Shared>) {
     let every = shared.options.lease / 3;
     loop {
         tokio::time::sleep(every).await;
-        let leases: Vec<Lease> =
-            shared.in_flight.lock().unwrap_or_else(|e| e.into_inner()).values().map(|f| f.lease).collect();
+        let leases: Vec<Lease> = shared.lock_in_flight().values().map(|f| f.lease).collect();
         if leases.is_empty() {
             continue;
         }
@@ -300,7 +382,7 @@ async fn heartbeat(shared: Arc<Shared>) {
                 for (lease, result) in leases.iter().zip(results) {
                     if result == Settled::Stale {
                         tracing::warn!(execution = %lease.message_id, "lease lost to another worker; stopping this attempt");
-                        if let Some(f) = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner()).get(&lease.message_id) {
+                        if let Some(f) = shared.lock_in_flight().get(&lease.message_id) {
                             f.stop.cancel();
                         }
                     }
