@@ -1,8 +1,76 @@
-//! placeholder: being written
+//! The attribute macros of NetScript. Use them through the `netscript` crate
+//! (`use netscript::prelude::*;`), never directly: generated code names the runtime as
+//! `::netscript::__private`, so it only compiles where `netscript` is a dependency.
+//!
+//! Each macro parses its arguments, validates them (literals included: ids, durations,
+//! backoff policies) and then generates code, in separate steps. Every problem found is
+//! reported at the token that causes it, all of them at once.
+
+mod duration;
+mod errors;
+mod job;
+
 use proc_macro::TokenStream;
 
-/// placeholder
+/// Turns an `async fn` into a durable background job.
+///
+/// ```ignore
+/// use netscript::prelude::*;
+///
+/// #[derive(Deserialize, JsonSchema)]
+/// struct ProcessPayment { order_id: String, amount_cents: u64 }
+///
+/// #[derive(Serialize, JsonSchema)]
+/// struct Charged { charge_id: String }
+///
+/// /// Charges a customer.
+/// #[job(id = "process-payment", topic = "payments", timeout = "30s", retries = 3)]
+/// async fn process_payment(ctx: JobContext, payload: ProcessPayment) -> JobResult<Charged> {
+///     ctx.progress(10, "charging customer").await;
+///     Ok(Charged { charge_id: "ch_1".into() })
+/// }
+///
+/// // The function stays callable; the macro adds a typed handle with the same name:
+/// let request = process_payment::enqueue(ProcessPayment { order_id: "o-1".into(), amount_cents: 995 })
+///     .idempotency_key("o-1");
+/// ```
+///
+/// # Arguments
+///
+/// | argument | value | default |
+/// |---|---|---|
+/// | `id` | kebab-case string: lowercase letters and digits in words joined by single `-` (`process-payment`); unique in the binary | required |
+/// | `name` | non-empty string, for people | the function's name |
+/// | `topic` | the worker group: lowercase letters and digits in words joined by single `-`, `.` or `_` (`payments`, `billing.invoices`) | `"default"` |
+/// | `description` | string | the function's `///` doc comment, or `""` |
+/// | `tags` | array of non-empty strings: `["billing", "critical"]` | `[]` |
+/// | `timeout` | duration of one attempt: `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"1h 30m"` | none (the runtime's default) |
+/// | `retries` | integer: retries after the first attempt | `3` |
+/// | `backoff` | `"fixed(<duration>)"`, `"linear(<duration>)"` or `"exponential(<duration>)"`; a bare `"fixed"`, `"linear"` or `"exponential"` starts at 1s | `"exponential(1s)"` |
+///
+/// # Parameters
+///
+/// Parameters are recognised by the last segment of their type, in any order, each optional:
+///
+/// - `JobContext`: the execution's context;
+/// - `State<T>` (any pattern, like `State(db): State<Db>`): shared state registered on the
+///   runtime builder;
+/// - anything else: the payload, at most one, which must be `Deserialize + JsonSchema`.
+///
+/// The function must be a plain `async fn` (not generic, no `self`) returning
+/// `JobResult<T>` with `T: Serialize + JsonSchema`.
+///
+/// # What it generates
+///
+/// - The function itself, unchanged: call it directly in unit tests.
+/// - A handle with the same name (a struct, in the type namespace, beside the function):
+///   `name::ID`, `name::enqueue(payload) -> EnqueueJob<Payload>` (no argument for a job
+///   without payload) and `name::descriptor()`.
+/// - A `JobDescriptor` registered at link time, which `Registry::linked()` finds.
+///
+/// Two jobs of one crate with the same id do not compile; across crates, the runtime refuses
+/// to start and names both.
 #[proc_macro_attribute]
-pub fn job(_args: TokenStream, item: TokenStream) -> TokenStream {
-    item
+pub fn job(args: TokenStream, item: TokenStream) -> TokenStream {
+    job::expand(args.into(), item.into()).into()
 }

@@ -1,0 +1,6 @@
+use netscript::prelude::*;
+
+#[job(id = "process-payment")]
+struct ProcessPayment;
+
+fn main() {}

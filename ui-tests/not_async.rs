@@ -1,0 +1,8 @@
+use netscript::prelude::*;
+
+#[job(id = "send-report")]
+fn send_report() -> JobResult<()> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,14 @@
+use netscript::prelude::*;
+
+#[derive(Deserialize)]
+struct ProcessPayment {
+    order_id: String,
+}
+
+#[job(id = "process-payment")]
+async fn process_payment(payload: ProcessPayment) -> JobResult<()> {
+    let _ = payload.order_id;
+    Ok(())
+}
+
+fn main() {}
