@@ -67,7 +67,11 @@ async fn throughput(provider: QueueProvider, jobs: usize) {
     let run = t.elapsed();
     let done = rt
         .store()
-        .list(&ExecutionFilter { limit: Some(jobs), status: Some(netscript::ExecutionStatus::Succeeded), ..Default::default() })
+        .list(&ExecutionFilter {
+            limit: Some(jobs),
+            status: Some(netscript::ExecutionStatus::Succeeded),
+            ..Default::default()
+        })
         .await
         .expect("list")
         .len();
@@ -101,10 +105,11 @@ async fn latency(provider: QueueProvider, samples: usize) {
         let t0 = Instant::now();
         rt.enqueue(ping::enqueue()).await.expect("enqueue");
         let rx = std::sync::Arc::clone(&rx);
-        let started = tokio::task::spawn_blocking(move || rx.lock().expect("lock").recv_timeout(Duration::from_secs(10)))
-            .await
-            .expect("join")
-            .expect("job started");
+        let started =
+            tokio::task::spawn_blocking(move || rx.lock().expect("lock").recv_timeout(Duration::from_secs(10)))
+                .await
+                .expect("join")
+                .expect("job started");
         if i >= 100 {
             lat.push(started.duration_since(t0));
         }

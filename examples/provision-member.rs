@@ -63,9 +63,8 @@ async fn provision_member(db: State<MemberDb>, payload: NewMember) -> JobResult<
     // SQLite calls block; keep them off the async workers.
     tokio::task::spawn_blocking(move || {
         let conn = db.conn.lock().map_err(|_| JobError::retryable("members database lock poisoned"))?;
-        let existing: Option<i64> = conn
-            .query_row("SELECT id FROM members WHERE email = ?1", [&payload.email], |r| r.get(0))
-            .optional()?;
+        let existing: Option<i64> =
+            conn.query_row("SELECT id FROM members WHERE email = ?1", [&payload.email], |r| r.get(0)).optional()?;
         if let Some(member_id) = existing {
             return Ok(Provisioned { member_id, created: false });
         }

@@ -33,9 +33,8 @@ pub use netscript_macros::job;
 pub use netscript_runtime::runtime::{EnqueueError, Providers, Receipt};
 pub use netscript_runtime::{
     Backoff, CancellationToken, EnqueueJob, EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, JobContext,
-    JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, Runtime,
-    RuntimeBuilder, StartupError, State, WorkersConfig, api, cli, config, job as jobs, kv, queue,
-    store, time, worker,
+    JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, Runtime, RuntimeBuilder,
+    StartupError, State, WorkersConfig, api, cli, config, job as jobs, kv, queue, store, time, worker,
 };
 
 /// Runs the app: parses the command line (`serve`, `jobs`, `trigger`, `executions`, ...) and
@@ -50,9 +49,7 @@ pub async fn run() -> std::process::ExitCode {
 /// What a job file needs: `use netscript::prelude::*;`.
 pub mod prelude {
     pub use crate::job;
-    pub use netscript_runtime::{
-        Backoff, EnqueueJob, JobContext, JobError, JobErrorKind, JobResult, Runtime, State,
-    };
+    pub use netscript_runtime::{Backoff, EnqueueJob, JobContext, JobError, JobErrorKind, JobResult, Runtime, State};
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};
 }

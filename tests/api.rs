@@ -79,7 +79,8 @@ async fn jobs_are_listed_with_their_payload_schema() {
 #[tokio::test]
 async fn trigger_accepts_a_bare_payload_or_an_envelope() {
     let rt = runtime().await;
-    let (status, body) = call(&rt, Method::POST, "/api/v1/workers/jobs/charge/trigger", r#"{"orderId":"o1","amountCents":5}"#).await;
+    let (status, body) =
+        call(&rt, Method::POST, "/api/v1/workers/jobs/charge/trigger", r#"{"orderId":"o1","amountCents":5}"#).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let id = body["executionId"].as_str().unwrap().to_owned();
     assert_eq!(body["duplicate"], false);
@@ -132,7 +133,8 @@ async fn executions_are_listed_newest_first_with_filters_and_a_cursor() {
     let page: Vec<&str> = body["executions"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(page, [ids[4].as_str(), ids[3].as_str()]);
     let cursor = body["nextCursor"].as_str().unwrap();
-    let (_, next) = call(&rt, Method::GET, &format!("/api/v1/workers/executions?limit=10&job=charge&before={cursor}"), "").await;
+    let (_, next) =
+        call(&rt, Method::GET, &format!("/api/v1/workers/executions?limit=10&job=charge&before={cursor}"), "").await;
     let rest: Vec<&str> = next["executions"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(rest, [ids[2].as_str(), ids[1].as_str(), ids[0].as_str()]);
     assert!(next["nextCursor"].is_null());
@@ -145,7 +147,8 @@ async fn executions_are_listed_newest_first_with_filters_and_a_cursor() {
         let (status, body) = call(&rt, Method::GET, &format!("/api/v1/workers/executions?{bad}"), "").await;
         assert_eq!((status, error_code(&body)), (StatusCode::BAD_REQUEST, "invalid_query"), "{bad}");
     }
-    let (status, body) = call(&rt, Method::GET, "/api/v1/workers/executions/0191f0a0-0000-7000-8000-000000000000", "").await;
+    let (status, body) =
+        call(&rt, Method::GET, "/api/v1/workers/executions/0191f0a0-0000-7000-8000-000000000000", "").await;
     assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "unknown_execution"));
 }
 
@@ -185,7 +188,8 @@ async fn trigger_run_and_read_over_a_real_socket() {
         let rt = rt.clone();
         async move { rt.serve_on(listener, true, async move { rx.await.unwrap_or(()) }).await }
     });
-    let (status, body) = http(addr, "POST", "/api/v1/workers/jobs/charge/trigger", r#"{"orderId":"o9","amountCents":12}"#).await;
+    let (status, body) =
+        http(addr, "POST", "/api/v1/workers/jobs/charge/trigger", r#"{"orderId":"o9","amountCents":12}"#).await;
     assert_eq!(status, 202, "{body}");
     let id = body["executionId"].as_str().unwrap().to_owned();
     let mut record = Value::Null;

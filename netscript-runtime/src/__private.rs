@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use crate::job::{
-    Backoff, EnqueueJob, FromStateMap, HandlerFuture, JOBS, JobContext, JobDescriptor, JobError,
-    Location, PayloadSpec, StateMap, StateSpec,
+    Backoff, EnqueueJob, FromStateMap, HandlerFuture, JOBS, JobContext, JobDescriptor, JobError, Location, PayloadSpec,
+    StateMap, StateSpec,
 };
 pub use linkme;
 pub use schemars;

@@ -186,8 +186,18 @@ async fn execute(rt: &Runtime, command: Command) -> Result<ExitCode, String> {
             } else {
                 println!("{:<28} {:<14} {:>8} {:>7}  DESCRIPTION", "ID", "TOPIC", "TIMEOUT", "RETRIES");
                 for j in jobs {
-                    let timeout = j.timeout_ms.map_or_else(|| "default".to_owned(), |ms| humantime::format_duration(Duration::from_millis(ms)).to_string());
-                    println!("{:<28} {:<14} {:>8} {:>7}  {}", j.id, j.topic, timeout, j.retries, j.description.lines().next().unwrap_or(""));
+                    let timeout = j.timeout_ms.map_or_else(
+                        || "default".to_owned(),
+                        |ms| humantime::format_duration(Duration::from_millis(ms)).to_string(),
+                    );
+                    println!(
+                        "{:<28} {:<14} {:>8} {:>7}  {}",
+                        j.id,
+                        j.topic,
+                        timeout,
+                        j.retries,
+                        j.description.lines().next().unwrap_or("")
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

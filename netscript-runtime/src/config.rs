@@ -43,7 +43,9 @@ impl std::str::FromStr for QueueProvider {
             _ => {
                 return Err(ConfigError::Invalid {
                     field: "queue_provider",
-                    message: format!("unknown provider `{s}`; expected auto, embedded, postgres, redis, amqp or memory"),
+                    message: format!(
+                        "unknown provider `{s}`; expected auto, embedded, postgres, redis, amqp or memory"
+                    ),
                 });
             }
         })

@@ -27,14 +27,13 @@ pub mod worker;
 
 pub use config::{QueueProvider, RunnerMode, WorkersConfig};
 pub use job::{
-    Backoff, EnqueueJob, EnqueueOptions, JobContext, JobDescriptor, JobError, JobErrorKind,
-    JobResult, Registry, State,
+    Backoff, EnqueueJob, EnqueueOptions, JobContext, JobDescriptor, JobError, JobErrorKind, JobResult, Registry, State,
 };
 
 pub use runtime::{Runtime, RuntimeBuilder, StartupError};
+pub use store::{ExecutionId, ExecutionRecord, ExecutionStatus};
 /// Fires once to stop something: workers (`Runtime::run_workers`), a job (`JobContext::cancellation`).
 pub use tokio_util::sync::CancellationToken;
-pub use store::{ExecutionId, ExecutionRecord, ExecutionStatus};
 
 #[doc(hidden)]
 pub mod __private;

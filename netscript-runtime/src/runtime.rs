@@ -111,7 +111,10 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("providers", &self.inner.providers).field("jobs", &self.inner.registry.len()).finish()
+        f.debug_struct("Runtime")
+            .field("providers", &self.inner.providers)
+            .field("jobs", &self.inner.registry.len())
+            .finish()
     }
 }
 
@@ -127,7 +130,14 @@ pub struct RuntimeBuilder {
 
 impl Default for RuntimeBuilder {
     fn default() -> Self {
-        Self { config: WorkersConfig::default(), states: StateMap::default(), registry: None, queue: None, kv: None, use_env: true }
+        Self {
+            config: WorkersConfig::default(),
+            states: StateMap::default(),
+            registry: None,
+            queue: None,
+            kv: None,
+            use_env: true,
+        }
     }
 }
 
@@ -232,7 +242,11 @@ impl RuntimeBuilder {
 
 type Backends = (Arc<dyn Queue>, Arc<dyn Kv>, String);
 
-fn open_backends(config: &WorkersConfig, queue: Option<Arc<dyn Queue>>, kv: Option<Arc<dyn Kv>>) -> Result<Backends, StartupError> {
+fn open_backends(
+    config: &WorkersConfig,
+    queue: Option<Arc<dyn Queue>>,
+    kv: Option<Arc<dyn Kv>>,
+) -> Result<Backends, StartupError> {
     if let (Some(q), Some(kv)) = (&queue, &kv) {
         return Ok((Arc::clone(q), Arc::clone(kv), "given to the runtime builder".into()));
     }
@@ -241,13 +255,17 @@ fn open_backends(config: &WorkersConfig, queue: Option<Arc<dyn Queue>>, kv: Opti
         p => (p, format!("configured as `{}`", p.as_str())),
     };
     let (q, k): (Arc<dyn Queue>, Arc<dyn Kv>) = match provider {
-        QueueProvider::Memory => (Arc::new(crate::queue::memory::MemoryQueue::new()), Arc::new(crate::kv::memory::MemoryKv::new())),
+        QueueProvider::Memory => {
+            (Arc::new(crate::queue::memory::MemoryQueue::new()), Arc::new(crate::kv::memory::MemoryKv::new()))
+        }
         QueueProvider::Embedded => open_embedded(config)?,
         other => {
             return Err(ConfigError::Unsupported {
                 field: "queue_provider",
                 value: other.as_str().into(),
-                message: "this version ships the embedded and memory backends; PostgreSQL, Redis and RabbitMQ are planned".into(),
+                message:
+                    "this version ships the embedded and memory backends; PostgreSQL, Redis and RabbitMQ are planned"
+                        .into(),
             }
             .into());
         }
@@ -256,9 +274,16 @@ fn open_backends(config: &WorkersConfig, queue: Option<Arc<dyn Queue>>, kv: Opti
 }
 
 #[cfg(feature = "embedded")]
-fn open_embedded(_config: &WorkersConfig) -> Result<(Arc<dyn Queue>, Arc<dyn Kv>), StartupError> {
-    // EMBEDDED-PENDING: replaced when the embedded backend lands.
-    Err(StartupError::Backend { provider: "embedded", message: "pending".into() })
+fn open_embedded(config: &WorkersConfig) -> Result<(Arc<dyn Queue>, Arc<dyn Kv>), StartupError> {
+    use crate::embedded::EmbeddedDb;
+    // The error names the file: a corrupt or unreadable store stops the app with its path.
+    let db = EmbeddedDb::open(&config.data_dir)
+        .map_err(|e| StartupError::Backend { provider: "embedded", message: e.to_string() })?;
+    let db = Arc::new(db);
+    Ok((
+        Arc::new(crate::queue::embedded::EmbeddedQueue::new(Arc::clone(&db), &config.queue_name)),
+        Arc::new(crate::kv::embedded::EmbeddedKv::new(db)),
+    ))
 }
 
 #[cfg(not(feature = "embedded"))]
@@ -277,7 +302,11 @@ pub fn discover(var: impl Fn(&str) -> Option<String>, names: impl Iterator<Item 
     let names: Vec<String> = names.collect();
     let set = |n: &str| var(n).is_some_and(|v| !v.trim().is_empty());
     let prefixed = |p: &str| names.iter().find(|n| n.starts_with(p)).cloned();
-    let amqp = ["RABBITMQ_URL", "AMQP_URL"].into_iter().find(|n| set(n)).map(str::to_owned).or_else(|| prefixed("services__rabbitmq__"));
+    let amqp = ["RABBITMQ_URL", "AMQP_URL"]
+        .into_iter()
+        .find(|n| set(n))
+        .map(str::to_owned)
+        .or_else(|| prefixed("services__rabbitmq__"));
     let redis = ["REDIS_URL", "REDIS_URI", "GARNET_URI"]
         .into_iter()
         .find(|n| set(n))
@@ -358,7 +387,12 @@ impl Runtime {
 
     /// Enqueues `job_id` with a JSON payload, after checking the payload decodes into the
     /// job's payload type. This is what the API and the CLI call.
-    pub async fn enqueue_json(&self, job_id: &str, payload: serde_json::Value, options: EnqueueOptions) -> Result<Receipt, EnqueueError> {
+    pub async fn enqueue_json(
+        &self,
+        job_id: &str,
+        payload: serde_json::Value,
+        options: EnqueueOptions,
+    ) -> Result<Receipt, EnqueueError> {
         let descriptor = self.job(job_id)?;
         descriptor
             .validate_payload(&payload)
@@ -467,9 +501,14 @@ impl Runtime {
 
     /// Serves the HTTP API (and, when `workers` is true and the config enables them, the
     /// workers) until `shutdown` completes; then stops the API and drains the workers.
-    pub async fn serve(&self, workers: bool, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<WorkerReport, StartupError> {
+    pub async fn serve(
+        &self,
+        workers: bool,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<WorkerReport, StartupError> {
         let addr = self.inner.config.api_addr;
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
         Ok(self.serve_on(listener, workers, shutdown).await)
     }
 
@@ -519,15 +558,18 @@ impl Runtime {
             if record.as_ref().is_some_and(|r| r.status.is_final()) || tokio::time::Instant::now() >= deadline {
                 return Ok(record);
             }
-            let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)), async {
-                loop {
-                    match feed.recv().await {
-                        Ok(r) if r.id == id => return,
-                        Ok(_) => continue,
-                        Err(_) => return,
+            let _ = tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)),
+                async {
+                    loop {
+                        match feed.recv().await {
+                            Ok(r) if r.id == id => return,
+                            Ok(_) => continue,
+                            Err(_) => return,
+                        }
                     }
-                }
-            })
+                },
+            )
             .await;
         }
     }
@@ -562,8 +604,13 @@ pub async fn shutdown_signal() {
 mod tests {
     use super::*;
 
-    fn env(pairs: &'static [(&'static str, &'static str)]) -> (impl Fn(&str) -> Option<String>, impl Iterator<Item = String>) {
-        (move |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()), pairs.iter().map(|(k, _)| k.to_string()))
+    fn env(
+        pairs: &'static [(&'static str, &'static str)],
+    ) -> (impl Fn(&str) -> Option<String>, impl Iterator<Item = String>) {
+        (
+            move |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()),
+            pairs.iter().map(|(k, _)| k.to_string()),
+        )
     }
 
     #[test]

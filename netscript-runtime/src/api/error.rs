@@ -34,7 +34,9 @@ impl From<EnqueueError> for ApiError {
     fn from(e: EnqueueError) -> Self {
         match e {
             EnqueueError::UnknownJob(_) => Self::new(StatusCode::NOT_FOUND, "unknown_job", e.to_string()),
-            EnqueueError::InvalidPayload { .. } => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", e.to_string()),
+            EnqueueError::InvalidPayload { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", e.to_string())
+            }
             EnqueueError::Queue(_) | EnqueueError::Store(_) => {
                 tracing::error!(error = %e, "enqueue failed");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", e.to_string())

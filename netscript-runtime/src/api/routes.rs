@@ -92,20 +92,26 @@ pub(super) fn parse_trigger_body(body: &[u8]) -> Result<(serde_json::Value, Enqu
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok((serde_json::Value::Null, EnqueueOptions::default()));
     }
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("request body is not valid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("request body is not valid JSON: {e}"))
+    })?;
     let is_envelope = value
         .as_object()
         .is_some_and(|o| o.contains_key("payload") && o.keys().all(|k| ENVELOPE_FIELDS.contains(&k.as_str())));
     if !is_envelope {
         return Ok((value, EnqueueOptions::default()));
     }
-    let envelope: TriggerEnvelope = serde_json::from_value(value)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_envelope", format!("invalid trigger envelope: {e}")))?;
+    let envelope: TriggerEnvelope = serde_json::from_value(value).map_err(|e| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_envelope", format!("invalid trigger envelope: {e}"))
+    })?;
     Ok((envelope.payload, envelope.options))
 }
 
-pub(super) async fn trigger(State(rt): State<Runtime>, Path(id): Path<String>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+pub(super) async fn trigger(
+    State(rt): State<Runtime>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
     if rt.registry().get(&id).is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_job", format!("no job `{id}` is registered")));
     }
@@ -138,10 +144,17 @@ pub(super) struct ExecutionPage {
 /// Largest page of executions.
 const MAX_LIMIT: usize = 1000;
 
-pub(super) async fn list_executions(State(rt): State<Runtime>, Query(q): Query<ListQuery>) -> Result<Json<ExecutionPage>, ApiError> {
+pub(super) async fn list_executions(
+    State(rt): State<Runtime>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<ExecutionPage>, ApiError> {
     let limit = q.limit.unwrap_or(50);
     if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("limit must be between 1 and {MAX_LIMIT}")));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_LIMIT}"),
+        ));
     }
     let status = q
         .status
@@ -149,19 +162,19 @@ pub(super) async fn list_executions(State(rt): State<Runtime>, Query(q): Query<L
         .map(str::parse::<ExecutionStatus>)
         .transpose()
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m))?;
-    let before = q
-        .before
-        .as_deref()
-        .map(|b| b.parse::<ExecutionId>())
-        .transpose()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("before is not an execution id: {e}")))?;
+    let before = q.before.as_deref().map(|b| b.parse::<ExecutionId>()).transpose().map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("before is not an execution id: {e}"))
+    })?;
     let filter = ExecutionFilter { limit: Some(limit), status, job: q.job, before };
     let executions = rt.store().list(&filter).await?;
     let next_cursor = (executions.len() == limit).then(|| executions.last().map(|r| r.id)).flatten();
     Ok(Json(ExecutionPage { executions, next_cursor }))
 }
 
-pub(super) async fn get_execution(State(rt): State<Runtime>, Path(id): Path<String>) -> Result<Json<ExecutionRecord>, ApiError> {
+pub(super) async fn get_execution(
+    State(rt): State<Runtime>,
+    Path(id): Path<String>,
+) -> Result<Json<ExecutionRecord>, ApiError> {
     let id: ExecutionId = id
         .parse()
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "unknown_execution", format!("no execution `{id}`")))?;
@@ -176,7 +189,11 @@ pub(super) async fn not_found(uri: Uri) -> ApiError {
 }
 
 pub(super) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed on {}", uri.path()))
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 #[cfg(test)]
@@ -189,7 +206,8 @@ mod tests {
         assert_eq!(p, serde_json::json!({"orderId":"o1"}));
         assert_eq!(o, EnqueueOptions::default());
 
-        let (p, o) = parse_trigger_body(br#"{"payload":{"a":1},"idempotencyKey":"k","priority":5,"delay":"2s"}"#).unwrap();
+        let (p, o) =
+            parse_trigger_body(br#"{"payload":{"a":1},"idempotencyKey":"k","priority":5,"delay":"2s"}"#).unwrap();
         assert_eq!(p, serde_json::json!({"a":1}));
         assert_eq!(o.idempotency_key.as_deref(), Some("k"));
         assert_eq!(o.priority, 5);
@@ -201,6 +219,9 @@ mod tests {
 
         assert_eq!(parse_trigger_body(b"  ").unwrap().0, serde_json::Value::Null);
         assert_eq!(parse_trigger_body(b"{nope").unwrap_err().status, StatusCode::BAD_REQUEST);
-        assert_eq!(parse_trigger_body(br#"{"payload":1,"priority":"high"}"#).unwrap_err().status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            parse_trigger_body(br#"{"payload":1,"priority":"high"}"#).unwrap_err().status,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
     }
 }

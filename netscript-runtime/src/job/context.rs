@@ -76,8 +76,7 @@ pub struct ContextParts {
 impl JobContext {
     /// A context for one attempt of one execution.
     pub fn new(parts: ContextParts, cancel: CancellationToken, sink: Arc<dyn ProgressSink>) -> Self {
-        let correlation_id =
-            parts.correlation_id.unwrap_or_else(|| parts.execution_id.to_string());
+        let correlation_id = parts.correlation_id.unwrap_or_else(|| parts.execution_id.to_string());
         let span = tracing::info_span!(
             "job",
             job.id = %parts.job_id,

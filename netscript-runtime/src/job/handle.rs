@@ -88,6 +88,12 @@ impl<P: Serialize> EnqueueJob<P> {
         self
     }
 
+    /// The W3C `tracestate` that goes with the `traceparent`.
+    pub fn tracestate(mut self, tracestate: impl Into<String>) -> Self {
+        self.options.tracestate = Some(tracestate.into());
+        self
+    }
+
     /// The job's id.
     pub fn job_id(&self) -> &'static str {
         self.job_id

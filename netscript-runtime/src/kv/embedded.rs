@@ -1,1 +1,263 @@
-//! stub
+//! The durable key-value store on the [embedded store](crate::embedded): one row per key in
+//! the same SQLite file as the queue.
+//!
+//! Keys are stored as their [`Key::encode`] bytes, so SQLite's byte order is key order and a
+//! prefix scan is a range scan. Versionstamps come from a counter kept in the file: each
+//! committed [`AtomicWrite`] takes the next one, so they keep growing across restarts and
+//! across processes sharing the file. Expired entries are invisible at once and purged by
+//! the store's writer thread every 30 s.
+//!
+//! What it is not: a cross-process change feed. [`Kv::watch`] sees the commits made through
+//! this process's [`EmbeddedDb`], not those of another process writing the same file.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, params};
+use tokio::sync::broadcast;
+
+use super::memory::prefix_end;
+use super::{AtomicWrite, Entry, Key, Kv, KvError, KvEvent, KvWatch, ListOptions, Mutation, Versionstamp};
+use crate::embedded::{Counter, EmbeddedDb, EmbeddedError};
+use crate::time::Timestamp;
+
+const BACKEND: &str = "embedded";
+
+/// The durable key-value store. Cheap to clone; clones share the same store.
+#[derive(Clone, Debug)]
+pub struct EmbeddedKv {
+    db: Arc<EmbeddedDb>,
+}
+
+impl EmbeddedKv {
+    /// The key-value store of `db`.
+    pub fn new(db: Arc<EmbeddedDb>) -> Self {
+        Self { db }
+    }
+
+    /// The store it lives in.
+    pub fn db(&self) -> &Arc<EmbeddedDb> {
+        &self.db
+    }
+}
+
+fn kv_error(e: EmbeddedError) -> KvError {
+    match e {
+        EmbeddedError::Corrupt { .. } => KvError::Corrupt { backend: BACKEND, message: e.to_string() },
+        other => KvError::Backend { backend: BACKEND, message: other.to_string() },
+    }
+}
+
+fn millis(t: Timestamp) -> i64 {
+    i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn now_millis() -> i64 {
+    millis(Timestamp::now())
+}
+
+/// An atomic write with its keys encoded once, on the caller's thread.
+struct PreparedWrite {
+    write: AtomicWrite,
+    check_keys: Vec<Vec<u8>>,
+    mutation_keys: Vec<Vec<u8>>,
+}
+
+impl PreparedWrite {
+    fn new(write: AtomicWrite) -> Self {
+        let check_keys = write.checks.iter().map(|c| c.key.encode()).collect();
+        let mutation_keys = write.mutations.iter().map(|m| m.key().encode()).collect();
+        Self { write, check_keys, mutation_keys }
+    }
+
+    /// Sends the committed changes to the watchers: every set, and the deletes (by index in
+    /// `mutations`) that removed something.
+    fn publish(
+        &self,
+        events: &broadcast::Sender<(Vec<u8>, KvEvent)>,
+        stamp: Versionstamp,
+        now: Timestamp,
+        deleted: &[usize],
+    ) {
+        if events.receiver_count() == 0 {
+            return;
+        }
+        for (i, (m, key)) in self.write.mutations.iter().zip(&self.mutation_keys).enumerate() {
+            let event = match m {
+                Mutation::Set { key, value, ttl } => KvEvent::Set(Entry {
+                    key: key.clone(),
+                    value: value.clone(),
+                    versionstamp: stamp,
+                    expires_at: ttl.map(|t| now.add(t)),
+                }),
+                Mutation::Delete { key } if deleted.binary_search(&i).is_ok() => KvEvent::Deleted(key.clone()),
+                Mutation::Delete { .. } => continue,
+            };
+            // A receiver that left meanwhile is fine.
+            let _ = events.send((key.clone(), event));
+        }
+    }
+}
+
+fn versionstamp(v: i64) -> Versionstamp {
+    Versionstamp(u64::try_from(v).unwrap_or(0))
+}
+
+fn expiry(ms: Option<i64>) -> Option<Timestamp> {
+    ms.map(|t| Timestamp(u64::try_from(t).unwrap_or(0)))
+}
+
+#[async_trait]
+impl Kv for EmbeddedKv {
+    fn provider(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>, KvError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Encoding and decoding happen on the caller's thread; the writer only reads rows.
+        let encoded: Vec<Vec<u8>> = keys.iter().map(Key::encode).collect();
+        let rows = self
+            .db
+            .call(move |tx| {
+                let now = now_millis();
+                let mut get = tx.conn().prepare_cached(
+                    "SELECT value, versionstamp, expires_at FROM kv
+                     WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                )?;
+                let mut out = Vec::with_capacity(encoded.len());
+                for key in &encoded {
+                    let found: Option<(Vec<u8>, i64, Option<i64>)> =
+                        get.query_row(params![key, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+                    out.push(found);
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(kv_error)?;
+        Ok(keys
+            .iter()
+            .zip(rows)
+            .map(|(key, found)| {
+                found.map(|(value, v, expires)| Entry {
+                    key: key.clone(),
+                    value,
+                    versionstamp: versionstamp(v),
+                    expires_at: expiry(expires),
+                })
+            })
+            .collect())
+    }
+
+    async fn atomic(&self, write: AtomicWrite) -> Result<Option<Versionstamp>, KvError> {
+        let events = self.db.kv_events().clone();
+        let prepared = Arc::new(PreparedWrite::new(write));
+        self.db
+            .call(move |tx| {
+                let conn = tx.conn();
+                let now_ts = Timestamp::now();
+                let now = millis(now_ts);
+                let write = &prepared.write;
+                if !write.checks.is_empty() {
+                    let mut current = conn.prepare_cached(
+                        "SELECT versionstamp FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                    )?;
+                    for (check, key) in write.checks.iter().zip(&prepared.check_keys) {
+                        let found: Option<i64> = current.query_row(params![key, now], |r| r.get(0)).optional()?;
+                        if found.map(versionstamp) != check.versionstamp {
+                            return Ok(None);
+                        }
+                    }
+                }
+                let version = tx.next(Counter::KvVersion)?;
+                let stamp = versionstamp(version);
+                let mut deleted = Vec::new();
+                for (i, (m, key)) in write.mutations.iter().zip(&prepared.mutation_keys).enumerate() {
+                    match m {
+                        Mutation::Set { value, ttl, .. } => {
+                            conn.prepare_cached(
+                                "INSERT INTO kv (key, value, versionstamp, expires_at) VALUES (?1, ?2, ?3, ?4)
+                                 ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+                                     versionstamp = excluded.versionstamp, expires_at = excluded.expires_at",
+                            )?
+                            .execute(params![
+                                key,
+                                value,
+                                version,
+                                ttl.map(|t| millis(now_ts.add(t)))
+                            ])?;
+                        }
+                        Mutation::Delete { .. } => {
+                            if conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute(params![key])? > 0 {
+                                deleted.push(i);
+                            }
+                        }
+                    }
+                }
+                if !write.mutations.is_empty() {
+                    let (prepared, events) = (Arc::clone(&prepared), events.clone());
+                    // Built after the commit, and only for watchers subscribed by then.
+                    tx.after_commit(move || prepared.publish(&events, stamp, now_ts, &deleted));
+                }
+                Ok(Some(stamp))
+            })
+            .await
+            .map_err(kv_error)
+    }
+
+    async fn list(&self, options: ListOptions) -> Result<Vec<Entry>, KvError> {
+        if options.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = options.prefix.encode();
+        // Bounds, both exclusive: the prefix itself is not listed; the cursor narrows the side
+        // the listing continues from, never widens it.
+        let mut lower = prefix.clone();
+        let mut upper = prefix_end(&prefix);
+        if let Some(cursor) = &options.cursor {
+            let c = cursor.encode();
+            if options.reverse {
+                upper = Some(match upper {
+                    Some(u) if u < c => u,
+                    _ => c,
+                });
+            } else if c > lower {
+                lower = c;
+            }
+        }
+        let order = if options.reverse { "DESC" } else { "ASC" };
+        let upper_bound = if upper.is_some() { "AND key < ?4" } else { "AND ?4 IS NULL" };
+        let sql = format!(
+            "SELECT key, value, versionstamp, expires_at FROM kv
+             WHERE key > ?1 {upper_bound} AND (expires_at IS NULL OR expires_at > ?2)
+             ORDER BY key {order} LIMIT ?3"
+        );
+        let limit = i64::try_from(options.limit).unwrap_or(i64::MAX);
+        let rows = self
+            .db
+            .call(move |tx| {
+                let mut stmt = tx.conn().prepare_cached(&sql)?;
+                let mut rows = stmt.query(params![lower, now_millis(), limit, upper])?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next()? {
+                    out.push((row.get::<_, Vec<u8>>(0)?, row.get(1)?, row.get(2)?, row.get(3)?));
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(kv_error)?;
+        rows.into_iter()
+            .map(|(raw, value, v, expires): (Vec<u8>, Vec<u8>, i64, Option<i64>)| {
+                let key = Key::decode(&raw)
+                    .map_err(|e| KvError::Corrupt { backend: BACKEND, message: format!("stored key: {e}") })?;
+                Ok(Entry { key, value, versionstamp: versionstamp(v), expires_at: expiry(expires) })
+            })
+            .collect()
+    }
+
+    fn watch(&self, prefix: &Key) -> KvWatch {
+        KvWatch::new(prefix, self.db.kv_events().subscribe())
+    }
+}

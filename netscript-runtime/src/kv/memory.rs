@@ -73,10 +73,7 @@ impl Kv for MemoryKv {
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>, KvError> {
         let now = Timestamp::now();
         let st = self.lock();
-        Ok(keys
-            .iter()
-            .map(|k| st.entries.get(&k.encode()).filter(|e| live(e, now)).cloned())
-            .collect())
+        Ok(keys.iter().map(|k| st.entries.get(&k.encode()).filter(|e| live(e, now)).cloned()).collect())
     }
 
     async fn atomic(&self, write: AtomicWrite) -> Result<Option<Versionstamp>, KvError> {
@@ -125,13 +122,22 @@ impl Kv for MemoryKv {
             Some(end) => Bound::Excluded(end),
             None => Bound::Unbounded,
         };
+        // The cursor narrows the range; it never widens it past the prefix.
         if let Some(cursor) = &options.cursor {
-            let c = Bound::Excluded(cursor.encode());
+            let c = cursor.encode();
             if options.reverse {
-                upper = c;
-            } else {
-                lower = c;
+                if matches!(&upper, Bound::Excluded(end) if c < *end) || matches!(upper, Bound::Unbounded) {
+                    upper = Bound::Excluded(c);
+                }
+            } else if c > prefix {
+                lower = Bound::Excluded(c);
             }
+        }
+        // BTreeMap::range panics on an empty or inverted range.
+        if let (Bound::Excluded(lo), Bound::Excluded(hi)) = (&lower, &upper)
+            && lo >= hi
+        {
+            return Ok(Vec::new());
         }
         let st = self.lock();
         let range = st.entries.range::<Vec<u8>, _>((lower, upper));

@@ -168,7 +168,10 @@ impl Dispatcher {
                 .map(|(_, f)| f.stop.clone())
                 .collect();
             report.abandoned = running.len() as u64;
-            tracing::warn!(running = report.abandoned, "shutdown grace period over; giving running jobs back to the queue");
+            tracing::warn!(
+                running = report.abandoned,
+                "shutdown grace period over; giving running jobs back to the queue"
+            );
             shared.abandon.cancel();
             for token in running {
                 token.cancel();
@@ -311,7 +314,9 @@ async fn run_one(shared: &Shared, d: Delivery) {
 
     let (end, settlement) = match outcome {
         AttemptOutcome::Succeeded(value) => (End::Succeeded(value), Some(Settlement::Ack(d.lease))),
-        AttemptOutcome::Abandoned if shared.abandon.is_cancelled() => (End::Released, Some(Settlement::Release(d.lease))),
+        AttemptOutcome::Abandoned if shared.abandon.is_cancelled() => {
+            (End::Released, Some(Settlement::Release(d.lease)))
+        }
         AttemptOutcome::Abandoned => (End::Lost, None),
         failed => {
             let (error, fatal) = failed.error().unwrap_or_default();
@@ -337,9 +342,8 @@ async fn started_record(shared: &Shared, d: &Delivery, max_attempts: u32) -> Exe
     let now = Timestamp::now();
     // A retry or a redelivery continues the record the earlier attempts wrote.
     let previous = if d.attempt > 1 { shared.store.get(d.id).await.ok().flatten() } else { None };
-    let payload = serde_json::from_slice(&d.payload).unwrap_or_else(|_| {
-        serde_json::Value::String(String::from_utf8_lossy(&d.payload).into_owned())
-    });
+    let payload = serde_json::from_slice(&d.payload)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&d.payload).into_owned()));
     let correlation_id = d.header(CORRELATION_HEADER).map_or_else(|| d.id.to_string(), str::to_owned);
     let mut record = previous.unwrap_or_else(|| ExecutionRecord {
         id: d.id,

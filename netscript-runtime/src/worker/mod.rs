@@ -19,6 +19,8 @@ mod policy;
 mod recorder;
 mod runner;
 
-pub use dispatcher::{CORRELATION_HEADER, Dispatcher, DispatcherOptions, TRACEPARENT_HEADER, TRACESTATE_HEADER, WorkerReport};
+pub use dispatcher::{
+    CORRELATION_HEADER, Dispatcher, DispatcherOptions, TRACEPARENT_HEADER, TRACESTATE_HEADER, WorkerReport,
+};
 pub use policy::{Decision, decide};
 pub use runner::{AttemptOutcome, InProcessRunner};

@@ -31,8 +31,13 @@ pub(crate) enum Event {
 #[derive(Debug)]
 pub(crate) enum End {
     Succeeded(serde_json::Value),
-    Retrying { error: String, retry_at: Timestamp },
-    Dead { error: String },
+    Retrying {
+        error: String,
+        retry_at: Timestamp,
+    },
+    Dead {
+        error: String,
+    },
     /// Given back unrun at shutdown: queued again.
     Released,
     /// Lost to another worker (stale lease): record nothing, the new holder will.
@@ -154,10 +159,15 @@ async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dy
             Ok(results) => {
                 let stale = results.iter().filter(|r| **r == crate::queue::Settled::Stale).count();
                 if stale > 0 {
-                    tracing::warn!(stale, "settlements refused: their leases had lapsed and the jobs were claimed again");
+                    tracing::warn!(
+                        stale,
+                        "settlements refused: their leases had lapsed and the jobs were claimed again"
+                    );
                 }
             }
-            Err(e) => tracing::error!(error = %e, "could not settle messages; their leases will lapse and the jobs run again"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not settle messages; their leases will lapse and the jobs run again")
+            }
         }
     }
 }
