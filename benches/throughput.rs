@@ -12,6 +12,8 @@
 //! idle workers, one job at a time is enqueued; the time from the start of the enqueue call
 //! to the start of the job's body, over 2,000 jobs.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::sync::OnceLock;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};

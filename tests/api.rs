@@ -1,6 +1,8 @@
 //! The HTTP API: every route and its error paths in-process (tower `oneshot`), and a trigger
 //! → run → read round trip over a real socket.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use axum::body::Body;

@@ -5,6 +5,8 @@
 //! and checks every job completes exactly as enqueued. It has its own `main` (`harness =
 //! false`) so the child can be this very binary without a test filter trick.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

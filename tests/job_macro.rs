@@ -1,6 +1,8 @@
 //! What `#[job]` generates, at run time: the registered descriptors, their handlers, the
 //! typed handles, and the functions themselves.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::sync::Mutex;
 use std::time::Duration;
 

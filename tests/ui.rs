@@ -3,6 +3,8 @@
 //! (`ui-tests/pass/*.rs`). Regenerate the `.stderr` files with
 //! `TRYBUILD=overwrite cargo test --test ui`, then read them.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 #[test]
 fn ui() {
     let cases = trybuild::TestCases::new();

@@ -1,6 +1,8 @@
 //! The dispatcher, the in-process runner and the recorder, end to end on the memory and the
 //! embedded backends: results, retries, dead letters, panics, timeouts, progress, drain.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 

@@ -240,6 +240,9 @@ impl RuntimeBuilder {
     }
 }
 
+/// A queue and a key-value store.
+type BackendPair = (Arc<dyn Queue>, Arc<dyn Kv>);
+/// The backends and why they were chosen.
 type Backends = (Arc<dyn Queue>, Arc<dyn Kv>, String);
 
 fn open_backends(
@@ -254,7 +257,7 @@ fn open_backends(
         QueueProvider::Auto => discover(|name| std::env::var(name).ok(), std::env::vars().map(|(k, _)| k)),
         p => (p, format!("configured as `{}`", p.as_str())),
     };
-    let (q, k): (Arc<dyn Queue>, Arc<dyn Kv>) = match provider {
+    let (q, k): BackendPair = match provider {
         QueueProvider::Memory => {
             (Arc::new(crate::queue::memory::MemoryQueue::new()), Arc::new(crate::kv::memory::MemoryKv::new()))
         }
@@ -274,7 +277,7 @@ fn open_backends(
 }
 
 #[cfg(feature = "embedded")]
-fn open_embedded(config: &WorkersConfig) -> Result<(Arc<dyn Queue>, Arc<dyn Kv>), StartupError> {
+fn open_embedded(config: &WorkersConfig) -> Result<BackendPair, StartupError> {
     use crate::embedded::EmbeddedDb;
     // The error names the file: a corrupt or unreadable store stops the app with its path.
     let db = EmbeddedDb::open(&config.data_dir)
@@ -287,7 +290,7 @@ fn open_embedded(config: &WorkersConfig) -> Result<(Arc<dyn Queue>, Arc<dyn Kv>)
 }
 
 #[cfg(not(feature = "embedded"))]
-fn open_embedded(_: &WorkersConfig) -> Result<(Arc<dyn Queue>, Arc<dyn Kv>), StartupError> {
+fn open_embedded(_: &WorkersConfig) -> Result<BackendPair, StartupError> {
     Err(ConfigError::Unsupported {
         field: "queue_provider",
         value: "embedded".into(),

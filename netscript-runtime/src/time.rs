@@ -25,7 +25,7 @@ impl Timestamp {
     }
 
     /// This instant moved `d` later, saturating.
-    pub fn add(self, d: Duration) -> Self {
+    pub fn plus(self, d: Duration) -> Self {
         Timestamp(self.0.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
     }
 
@@ -150,6 +150,6 @@ mod tests {
     #[test]
     fn arithmetic_saturates() {
         assert_eq!(Timestamp(5).since(Timestamp(9)), Duration::ZERO);
-        assert_eq!(Timestamp(u64::MAX).add(Duration::from_secs(1)), Timestamp(u64::MAX));
+        assert_eq!(Timestamp(u64::MAX).plus(Duration::from_secs(1)), Timestamp(u64::MAX));
     }
 }

@@ -591,7 +591,7 @@ async fn kv_ttl_expiry(kv: Arc<dyn Kv>) {
     kv.set(k(&["t", "forever"]), b"z".to_vec()).await.unwrap();
     let e = kv.get(&k(&["t", "short"])).await.unwrap().unwrap();
     let expires = e.expires_at.unwrap();
-    assert!(expires >= before.add(Duration::from_millis(200)));
+    assert!(expires >= before.plus(Duration::from_millis(200)));
     assert_eq!(kv.list(ListOptions::prefix(k(&["t"]))).await.unwrap().len(), 3);
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(kv.get(&k(&["t", "short"])).await.unwrap(), None);

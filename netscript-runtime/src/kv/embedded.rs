@@ -88,7 +88,7 @@ impl PreparedWrite {
                     key: key.clone(),
                     value: value.clone(),
                     versionstamp: stamp,
-                    expires_at: ttl.map(|t| now.add(t)),
+                    expires_at: ttl.map(|t| now.plus(t)),
                 }),
                 Mutation::Delete { key } if deleted.binary_search(&i).is_ok() => KvEvent::Deleted(key.clone()),
                 Mutation::Delete { .. } => continue,
@@ -186,7 +186,7 @@ impl Kv for EmbeddedKv {
                                 key,
                                 value,
                                 version,
-                                ttl.map(|t| millis(now_ts.add(t)))
+                                ttl.map(|t| millis(now_ts.plus(t)))
                             ])?;
                         }
                         Mutation::Delete { .. } => {

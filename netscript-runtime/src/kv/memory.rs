@@ -93,7 +93,7 @@ impl Kv for MemoryKv {
                 match m {
                     Mutation::Set { key, value, ttl } => {
                         let encoded = key.encode();
-                        let entry = Entry { key, value, versionstamp: version, expires_at: ttl.map(|t| now.add(t)) };
+                        let entry = Entry { key, value, versionstamp: version, expires_at: ttl.map(|t| now.plus(t)) };
                         events.push((encoded.clone(), KvEvent::Set(entry.clone())));
                         st.entries.insert(encoded, entry);
                     }

@@ -180,7 +180,7 @@ struct Candidate {
 fn claim(tx: &Tx<'_>, queue: &str, request: &ClaimRequest) -> Result<Vec<Delivery>, OpError> {
     let conn = tx.conn();
     let now = millis(Timestamp::now());
-    let until = millis(Timestamp::now().add(request.lease));
+    let until = millis(Timestamp::now().plus(request.lease));
     promote(tx, queue, now)?;
     if request.max == 0 {
         return Ok(Vec::new());
@@ -368,7 +368,7 @@ impl Queue for EmbeddedQueue {
                         }
                     }
                     let (state, at) =
-                        if m.delay.is_zero() { (READY, now) } else { (DELAYED, millis(timestamp(now).add(m.delay))) };
+                        if m.delay.is_zero() { (READY, now) } else { (DELAYED, millis(timestamp(now).plus(m.delay))) };
                     let seq = tx.next(Counter::QueueSeq)?;
                     let inserted = insert.execute(params![
                         m.id.as_bytes(),
@@ -434,7 +434,7 @@ impl Queue for EmbeddedQueue {
         let leases = leases.to_vec();
         self.db
             .call(move |tx| {
-                let until = millis(Timestamp::now().add(lease));
+                let until = millis(Timestamp::now().plus(lease));
                 let mut extend = tx.conn().prepare_cached(
                     "UPDATE queue_messages SET at = ?1
                      WHERE id = ?2 AND queue = ?3 AND token = ?4 AND state = 2",
@@ -489,7 +489,7 @@ impl Queue for EmbeddedQueue {
                             .optional()?,
                         Settlement::Retry { delay, error, .. } => {
                             let (state, at) =
-                                if delay.is_zero() { (READY, now) } else { (DELAYED, millis(now_ts.add(*delay))) };
+                                if delay.is_zero() { (READY, now) } else { (DELAYED, millis(now_ts.plus(*delay))) };
                             let seq = tx.next(Counter::QueueSeq)?;
                             conn.prepare_cached(
                                 "UPDATE queue_messages SET state = ?4, at = ?5, seq = ?6, last_error = ?7
@@ -532,7 +532,7 @@ impl Queue for EmbeddedQueue {
                             "UPDATE queue_idempotency SET expires_at = ?4
                              WHERE queue = ?1 AND key = ?2 AND message_id = ?3",
                         )?
-                        .execute(params![&*queue, key, id, millis(now_ts.add(window))])?;
+                        .execute(params![&*queue, key, id, millis(now_ts.plus(window))])?;
                     }
                     // Work may have appeared: the message itself, or one that waited for its
                     // concurrency key.

@@ -129,7 +129,7 @@ impl State {
         if let Some(stored) = self.messages.remove(&id)
             && let Some(key) = stored.message.idempotency_key
         {
-            self.idempotency.insert(key, (id, Some(now.add(window))));
+            self.idempotency.insert(key, (id, Some(now.plus(window))));
         }
     }
 }
@@ -198,7 +198,7 @@ impl Queue for MemoryQueue {
                     st.idempotency.insert(key.clone(), (message.id, None));
                 }
                 let id = message.id;
-                let at = (!message.delay.is_zero()).then(|| now.add(message.delay));
+                let at = (!message.delay.is_zero()).then(|| now.plus(message.delay));
                 st.messages.insert(
                     id,
                     Stored {
@@ -220,7 +220,7 @@ impl Queue for MemoryQueue {
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Delivery>, QueueError> {
         let now = Timestamp::now();
-        let until = now.add(request.lease);
+        let until = now.plus(request.lease);
         let mut st = self.lock();
         st.promote(now);
         let mut picked = Vec::new();
@@ -230,7 +230,7 @@ impl Queue for MemoryQueue {
                 break;
             }
             let Some(stored) = st.messages.get(&id) else { continue };
-            if !request.topics.is_empty() && !request.topics.iter().any(|t| *t == stored.message.topic) {
+            if !request.topics.is_empty() && !request.topics.contains(&stored.message.topic) {
                 continue;
             }
             if let Some(key) = stored.message.concurrency_key.as_deref() {
@@ -260,7 +260,7 @@ impl Queue for MemoryQueue {
     }
 
     async fn extend(&self, leases: &[Lease], lease: Duration) -> Result<Vec<Settled>, QueueError> {
-        let until = Timestamp::now().add(lease);
+        let until = Timestamp::now().plus(lease);
         let mut st = self.lock();
         let mut out = Vec::with_capacity(leases.len());
         for l in leases {
@@ -309,7 +309,7 @@ impl Queue for MemoryQueue {
                         if let Some(stored) = st.messages.get_mut(&id) {
                             stored.last_error = Some(error);
                         }
-                        st.place_pending(id, Some(now.add(delay)), now);
+                        st.place_pending(id, Some(now.plus(delay)), now);
                         wake |= delay.is_zero();
                     }
                     Settlement::DeadLetter { error, .. } => {

@@ -323,7 +323,7 @@ async fn run_one(shared: &Shared, d: Delivery) {
             tracing::warn!(job = job.id, execution = %d.id, attempt = d.attempt, fatal, "attempt failed: {error}");
             match decide(job, d.attempt, fatal) {
                 Decision::Retry { delay } => (
-                    End::Retrying { error: error.clone(), retry_at: Timestamp::now().add(delay) },
+                    End::Retrying { error: error.clone(), retry_at: Timestamp::now().plus(delay) },
                     Some(Settlement::Retry { lease: d.lease, delay, error }),
                 ),
                 Decision::DeadLetter => {
