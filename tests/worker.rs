@@ -360,3 +360,20 @@ async fn missing_state_is_a_startup_error_naming_job_and_type() {
     let msg = e.to_string();
     assert!(msg.contains("job `greet`") && msg.contains("Greeter"), "{msg}");
 }
+
+#[tokio::test]
+async fn a_corrupt_store_is_a_startup_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("netscript.db");
+    std::fs::write(&file, b"this is not a database, just some bytes that happen to be here").unwrap();
+    let e = Runtime::builder()
+        .ignore_env()
+        .provider(QueueProvider::Embedded)
+        .data_dir(dir.path())
+        .state(Greeter { greeting: "hi" })
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StartupError::Backend { provider: "embedded", .. }), "{e}");
+    assert!(e.to_string().contains(&file.display().to_string()), "{e}");
+}

@@ -33,8 +33,9 @@ pub enum StartupError {
     /// The registered jobs are inconsistent (duplicate id, missing state).
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    /// A backend could not be opened.
-    #[error("could not open the {provider} store: {message}")]
+    /// A backend could not be opened; the message names what (for the embedded store, the
+    /// file).
+    #[error("{message}")]
     Backend {
         /// Which provider.
         provider: &'static str,
@@ -215,7 +216,6 @@ impl RuntimeBuilder {
             let report = self.config.apply_env()?;
             for w in report.warnings {
                 tracing::warn!("{w}");
-                eprintln!("WARNING: {w}");
             }
         }
         self.config.validate()?;
