@@ -262,9 +262,11 @@ async fn progress_is_recorded(p: QueueProvider) {
     assert_eq!(r.status, ExecutionStatus::Succeeded);
     let last = r.progress.expect("progress kept");
     assert_eq!((last.percent, last.message.as_str()), (100, "clamped"));
-    // The feed saw the execution queued and succeeded.
+    // The feed sees the execution queued, then succeeded. It publishes right after the
+    // store write, so it may trail a reader of the store by a moment.
     let mut seen = Vec::new();
-    while let Ok(rec) = feed.try_recv() {
+    while seen.last() != Some(&ExecutionStatus::Succeeded) {
+        let rec = tokio::time::timeout(Duration::from_secs(5), feed.recv()).await.expect("feed event").unwrap();
         if rec.id == id {
             seen.push(rec.status);
         }
