@@ -55,9 +55,15 @@ struct InFlight {
     stop: CancellationToken,
 }
 
-/// Claims a slot may hold beyond the one it runs: claims are made in batches of up to
-/// `concurrency × PREFETCH` and shared by every slot through a local buffer.
-const PREFETCH: usize = 4;
+/// Claims are shared by every slot through a local buffer, and sized to what the slots can
+/// start within this window at the recent pace: short jobs are claimed by the dozen (one
+/// queue round trip per batch), long ones one per free slot, so a busy worker never sits on
+/// messages another worker could run.
+const PREFETCH_WINDOW: Duration = Duration::from_millis(20);
+/// Most claims per slot in one batch.
+const MAX_PREFETCH: u64 = 32;
+/// Claims per slot before any attempt has been timed.
+const INITIAL_PREFETCH: u64 = 4;
 
 struct Shared {
     queue: Arc<dyn Queue>,
@@ -80,12 +86,27 @@ struct Shared {
     abandon: CancellationToken,
     started: AtomicU64,
     claim_errors: AtomicU32,
+    /// Moving average of attempt run time, in nanoseconds (0 until the first attempt).
+    pace_ns: AtomicU64,
 }
 
 impl Shared {
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, InFlight>> {
         // Entries are inserted and removed whole; a poisoned lock still holds a valid map.
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many messages to claim: what the slots start within [`PREFETCH_WINDOW`].
+    fn claim_size(&self) -> usize {
+        claim_size(self.options.concurrency, self.pace_ns.load(Ordering::Relaxed))
+    }
+
+    /// Folds one attempt's run time into the moving average (weight 1/8).
+    fn record_pace(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let old = self.pace_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { ns } else { old - old / 8 + ns / 8 };
+        self.pace_ns.store(new.max(1), Ordering::Relaxed);
     }
 
     fn lock_buffer(&self) -> std::sync::MutexGuard<'_, VecDeque<Delivery>> {
@@ -141,6 +162,7 @@ impl Dispatcher {
             abandon: CancellationToken::new(),
             started: AtomicU64::new(0),
             claim_errors: AtomicU32::new(0),
+            pace_ns: AtomicU64::new(0),
             options: self.options,
         });
         let concurrency = shared.options.concurrency.max(1);
@@ -239,11 +261,8 @@ async fn refill(shared: &Shared) {
         shared.refilled.notify_waiters();
         return;
     }
-    let request = ClaimRequest {
-        topics: shared.options.topics.clone(),
-        max: shared.options.concurrency.max(1) * PREFETCH,
-        lease: shared.options.lease,
-    };
+    let request =
+        ClaimRequest { topics: shared.options.topics.clone(), max: shared.claim_size(), lease: shared.options.lease };
     match shared.queue.claim(request).await {
         Ok(deliveries) if deliveries.is_empty() => {
             shared.claim_errors.store(0, Ordering::Relaxed);
@@ -273,6 +292,15 @@ async fn refill(shared: &Shared) {
             }
         }
     }
+}
+
+/// Claims for `concurrency` slots whose attempts take `pace_ns` on average (0: unknown).
+fn claim_size(concurrency: usize, pace_ns: u64) -> usize {
+    let per_slot = match pace_ns {
+        0 => INITIAL_PREFETCH,
+        ns => (u64::try_from(PREFETCH_WINDOW.as_nanos()).unwrap_or(u64::MAX) / ns).clamp(1, MAX_PREFETCH),
+    };
+    concurrency.max(1).saturating_mul(usize::try_from(per_slot).unwrap_or(1))
 }
 
 /// Runs one delivery to its end and tells the recorder.
@@ -309,7 +337,9 @@ async fn run_one(shared: &Shared, d: Delivery) {
     shared.events.send(Event::Started(Box::new(record))).await;
 
     let timeout = job.timeout.unwrap_or(shared.options.default_timeout);
+    let began = std::time::Instant::now();
     let outcome = shared.runner.run(job, ctx, &d.payload, &shared.states, timeout, &stop).await;
+    shared.record_pace(began.elapsed());
     shared.lock_in_flight().remove(&d.id);
 
     let (end, settlement) = match outcome {
@@ -394,5 +424,19 @@ async fn heartbeat(shared: Arc<Shared>) {
             }
             Err(e) => tracing::error!(error = %e, "could not extend leases"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_follow_the_pace_of_recent_attempts() {
+        assert_eq!(claim_size(2, 0), 8, "unknown pace: a few per slot");
+        assert_eq!(claim_size(2, 1_000), 64, "microsecond jobs: the most per slot");
+        assert_eq!(claim_size(2, 1_000_000), 40, "1 ms jobs: 20 ms worth per slot");
+        assert_eq!(claim_size(2, 5_000_000_000), 2, "slow jobs: one per slot");
+        assert_eq!(claim_size(0, 0), 4, "concurrency is at least one");
     }
 }
