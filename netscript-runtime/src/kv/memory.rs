@@ -78,7 +78,9 @@ impl Kv for MemoryKv {
 
     async fn atomic(&self, write: AtomicWrite) -> Result<Option<Versionstamp>, KvError> {
         let now = Timestamp::now();
-        let mut events = Vec::with_capacity(write.mutations.len());
+        // Copies for watchers only when someone watches: the copy is most of a write's cost.
+        let watched = self.events.receiver_count() > 0;
+        let mut events = Vec::with_capacity(if watched { write.mutations.len() } else { 0 });
         let version = {
             let mut st = self.lock();
             for check in &write.checks {
@@ -94,12 +96,14 @@ impl Kv for MemoryKv {
                     Mutation::Set { key, value, ttl } => {
                         let encoded = key.encode();
                         let entry = Entry { key, value, versionstamp: version, expires_at: ttl.map(|t| now.plus(t)) };
-                        events.push((encoded.clone(), KvEvent::Set(entry.clone())));
+                        if watched {
+                            events.push((encoded.clone(), KvEvent::Set(entry.clone())));
+                        }
                         st.entries.insert(encoded, entry);
                     }
                     Mutation::Delete { key } => {
                         let encoded = key.encode();
-                        if st.entries.remove(&encoded).is_some() {
+                        if st.entries.remove(&encoded).is_some() && watched {
                             events.push((encoded, KvEvent::Deleted(key)));
                         }
                     }
