@@ -179,8 +179,12 @@ impl ExecutionStore {
 }
 
 fn encode(r: &ExecutionRecord) -> Vec<u8> {
-    // Serializing a record of strings, numbers and JSON values cannot fail.
-    serde_json::to_vec(r).unwrap_or_default()
+    // A small record is about 400 bytes: start there rather than growing from empty, which
+    // profiled as a tenth of the recorder's time.
+    let mut out = Vec::with_capacity(512);
+    // Serializing a record of strings, numbers and JSON values into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, r);
+    out
 }
 
 fn decode(key: &Key, bytes: &[u8]) -> Result<ExecutionRecord, StoreError> {

@@ -55,6 +55,9 @@ struct InFlight {
     stop: CancellationToken,
 }
 
+/// How long an attempt runs before its record is shown as running.
+const RUNNING_AFTER: Duration = Duration::from_millis(10);
+
 /// Claims are shared by every slot through a local buffer, and sized to what the slots can
 /// start within this window at the recent pace: short jobs are claimed by the dozen (one
 /// queue round trip per batch), long ones one per free slot, so a busy worker never sits on
@@ -309,10 +312,9 @@ async fn run_one(shared: &Shared, d: Delivery) {
         shared.lock_in_flight().remove(&d.id);
         let error = format!("no job `{}` is registered in this binary", d.kind);
         tracing::error!(execution = %d.id, "{error}");
-        let record = started_record(shared, &d, 1).await;
-        shared.events.send(Event::Started(Box::new(record))).await;
+        let record = Box::new(started_record(shared, &d, 1).await);
         let settlement = Settlement::DeadLetter { lease: d.lease, error: error.clone() };
-        shared.events.send(Event::Finished { id: d.id, end: End::Dead { error }, settlement: Some(settlement) }).await;
+        shared.events.send(Event::Finished { record, end: End::Dead { error }, settlement: Some(settlement) }).await;
         return;
     };
     let stop = match shared.lock_in_flight().get(&d.id) {
@@ -334,11 +336,19 @@ async fn run_one(shared: &Shared, d: Delivery) {
         stop.clone(),
         Arc::clone(&shared.sink) as _,
     );
-    shared.events.send(Event::Started(Box::new(record))).await;
-
     let timeout = job.timeout.unwrap_or(shared.options.default_timeout);
     let began = std::time::Instant::now();
-    let outcome = shared.runner.run(job, ctx, &d.payload, &shared.states, timeout, &stop).await;
+    let run = shared.runner.run(job, ctx, &d.payload, &shared.states, timeout, &stop);
+    tokio::pin!(run);
+    // Most jobs end within milliseconds; their record goes straight from queued to its end
+    // in one write. Longer ones are shown running once they pass `RUNNING_AFTER`.
+    let outcome = match tokio::time::timeout(RUNNING_AFTER, &mut run).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            shared.events.send(Event::Started(Box::new(record.clone()))).await;
+            run.await
+        }
+    };
     shared.record_pace(began.elapsed());
     shared.lock_in_flight().remove(&d.id);
 
@@ -364,7 +374,7 @@ async fn run_one(shared: &Shared, d: Delivery) {
     };
     // Sending only queues the end; the write happens in batches. A drain that has every
     // slot back has every end too.
-    shared.events.send(Event::Finished { id: d.id, end, settlement }).await;
+    shared.events.send(Event::Finished { record: Box::new(record), end, settlement }).await;
 }
 
 /// The record of an attempt that is starting.

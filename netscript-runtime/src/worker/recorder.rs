@@ -1,6 +1,6 @@
 //! Writes execution records and settles messages, in batches.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,12 +17,14 @@ const MAX_BATCH: usize = 2048;
 /// Something that happened to an execution.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// An attempt started; the record as it now stands (status running).
+    /// An attempt has been running for a while; the record as it now stands (status
+    /// running). Attempts that end sooner send only `Finished`.
     Started(Box<ExecutionRecord>),
     /// A progress report.
     Progress(ExecutionId, Progress),
-    /// An attempt ended: how to change the record, and how to settle the message.
-    Finished { id: ExecutionId, end: End, settlement: Option<Settlement> },
+    /// An attempt ended: the record as it started (used when no `Started` was sent), how
+    /// to change it, and how to settle the message.
+    Finished { record: Box<ExecutionRecord>, end: End, settlement: Option<Settlement> },
     /// The dispatcher has drained: write what is left and stop.
     Shutdown,
 }
@@ -78,7 +80,8 @@ impl Recorders {
     pub(crate) async fn send(&self, event: Event) {
         let id = match &event {
             Event::Started(r) => r.id,
-            Event::Progress(id, _) | Event::Finished { id, .. } => *id,
+            Event::Progress(id, _) => *id,
+            Event::Finished { record, .. } => record.id,
             Event::Shutdown => {
                 for tx in &self.shards {
                     let _ = tx.send(Event::Shutdown).await;
@@ -103,32 +106,45 @@ impl ProgressSink for RecorderSink {
 /// Drains `rx` until every sender is dropped, writing each batch before settling it.
 async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dyn Queue>) {
     let mut live: HashMap<ExecutionId, ExecutionRecord> = HashMap::new();
+    // Progress of attempts whose `Started` was not sent (yet): fast attempts skip it.
+    let mut pending: HashMap<ExecutionId, Progress> = HashMap::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut open = true;
     while open && rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut dirty: Vec<ExecutionId> = Vec::new();
-        let mut finished: Vec<ExecutionId> = Vec::new();
+        let mut records: Vec<ExecutionRecord> = Vec::new();
         let mut settlements = Vec::new();
         for event in batch.drain(..) {
             match event {
                 Event::Started(record) => {
-                    let record = *record;
+                    let mut record = *record;
+                    if let Some(p) = pending.remove(&record.id) {
+                        record.progress = Some(p);
+                    }
                     dirty.push(record.id);
                     live.insert(record.id, record);
                 }
-                Event::Progress(id, progress) => {
-                    if let Some(r) = live.get_mut(&id) {
+                Event::Progress(id, progress) => match live.get_mut(&id) {
+                    Some(r) => {
                         r.progress = Some(progress);
                         r.updated_at = Timestamp::now();
                         dirty.push(id);
                     }
-                }
-                Event::Finished { id, end, settlement } => {
-                    if let Some(r) = live.get_mut(&id) {
-                        if apply_end(r, end) {
-                            dirty.push(id);
-                        }
-                        finished.push(id);
+                    None => {
+                        pending.insert(id, progress);
+                    }
+                },
+                Event::Finished { record, end, settlement } => {
+                    let id = record.id;
+                    let progress = pending.remove(&id);
+                    // The live record has the progress seen so far; without one, this is an
+                    // attempt that ended before its `Started` was due.
+                    let mut r = live.remove(&id).unwrap_or_else(|| *record);
+                    if progress.is_some() {
+                        r.progress = progress;
+                    }
+                    if apply_end(&mut r, end) {
+                        records.push(r);
                     }
                     settlements.extend(settlement);
                 }
@@ -137,15 +153,8 @@ async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dy
         }
         dirty.sort_unstable();
         dirty.dedup();
-        // Finished executions leave the live set: move their records, clone the others.
-        let finished: HashSet<ExecutionId> = finished.into_iter().collect();
-        let records: Vec<ExecutionRecord> = dirty
-            .iter()
-            .filter_map(|id| if finished.contains(id) { live.remove(id) } else { live.get(id).cloned() })
-            .collect();
-        for id in &finished {
-            live.remove(id);
-        }
+        // Finished records were moved into `records`; the ones still live are copied.
+        records.extend(dirty.iter().filter_map(|id| live.get(id).cloned()));
         if let Err(e) = store.put_many(records).await {
             // Leave the messages unsettled: their leases lapse and the jobs run again, so
             // nothing is lost (at least once).
