@@ -139,7 +139,7 @@ async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dy
                     let progress = pending.remove(&id);
                     // The live record has the progress seen so far; without one, this is an
                     // attempt that ended before its `Started` was due.
-                    let mut r = live.remove(&id).unwrap_or_else(|| *record);
+                    let mut r = live.remove(&id).unwrap_or(*record);
                     if progress.is_some() {
                         r.progress = progress;
                     }
