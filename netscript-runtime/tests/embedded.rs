@@ -329,17 +329,21 @@ async fn measure_batches(q: &EmbeddedQueue) {
     }
     eprintln!("enqueue {n} in batches of 1000: {}", rate(n, start.elapsed()));
     let start = Instant::now();
+    assert_eq!(claim_and_ack_all(q).await, n);
+    eprintln!("claim 256 + settle 256 acks, {n}: {}", rate(n, start.elapsed()));
+}
+
+/// Claims 256 at a time and acks each batch until the queue is empty; returns the count.
+async fn claim_and_ack_all(q: &EmbeddedQueue) -> usize {
     let mut done = 0;
     loop {
         let ds = q.claim(all(256)).await.unwrap();
         if ds.is_empty() {
-            break;
+            return done;
         }
         done += ds.len();
         q.settle(ds.iter().map(|d| Settlement::Ack(d.lease)).collect()).await.unwrap();
     }
-    assert_eq!(done, n);
-    eprintln!("claim 256 + settle 256 acks, {n}: {}", rate(n, start.elapsed()));
 }
 
 /// Enqueue 100k over 5 topics, then claim from every topic 256 at a time and ack.
@@ -356,16 +360,7 @@ async fn measure_topics(q: &EmbeddedQueue) {
         q.enqueue(batch).await.unwrap();
     }
     let start = Instant::now();
-    let mut done = 0;
-    loop {
-        let ds = q.claim(all(256)).await.unwrap();
-        if ds.is_empty() {
-            break;
-        }
-        done += ds.len();
-        q.settle(ds.iter().map(|d| Settlement::Ack(d.lease)).collect()).await.unwrap();
-    }
-    assert_eq!(done, n);
+    assert_eq!(claim_and_ack_all(q).await, n);
     eprintln!("claim 256 across 5 topics + settle 256 acks, {n}: {}", rate(n, start.elapsed()));
 }
 
