@@ -44,6 +44,17 @@ async fn ping() -> JobResult<()> {
     Ok(())
 }
 
+/// CPU time this process has used (user + system), from /proc/self/stat; `None` elsewhere.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
 async fn runtime(provider: QueueProvider, dir: &std::path::Path) -> Runtime {
     Runtime::builder().ignore_env().provider(provider).data_dir(dir).build().await.expect("runtime")
 }
@@ -64,6 +75,7 @@ async fn throughput(provider: QueueProvider, jobs: usize) {
         async move { rt.run_workers(stop).await }
     });
     let t = Instant::now();
+    let cpu0 = cpu_time();
     while DONE.load(Ordering::Relaxed) < jobs {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -71,6 +83,7 @@ async fn throughput(provider: QueueProvider, jobs: usize) {
     stop.cancel();
     workers.await.expect("workers");
     let run = t.elapsed();
+    let cpu = cpu_time().zip(cpu0).map(|(b, a)| b.saturating_sub(a));
     let done = rt
         .store()
         .list(&ExecutionFilter {
@@ -84,8 +97,9 @@ async fn throughput(provider: QueueProvider, jobs: usize) {
     assert_eq!(done, jobs, "every job recorded as succeeded");
     let s = rt.queue().stats().await.expect("stats");
     assert_eq!(s.ready + s.leased + s.delayed + s.dead, 0, "every message acked: {s:?}");
+    let cpu_per_job = cpu.map_or_else(|| "n/a".to_owned(), |c| format!("{:.2} µs", c.as_secs_f64() * 1e6 / jobs as f64));
     println!(
-        "{:<9} throughput: {jobs} no-op jobs in {:>7.1} ms = {:>9.0} jobs/s   (enqueue: {:>9.0} jobs/s)",
+        "{:<9} throughput: {jobs} no-op jobs in {:>7.1} ms = {:>9.0} jobs/s   (enqueue: {:>9.0} jobs/s; CPU per job while running: {cpu_per_job})",
         provider.as_str(),
         run.as_secs_f64() * 1e3,
         jobs as f64 / run.as_secs_f64(),
