@@ -97,7 +97,8 @@ async fn throughput(provider: QueueProvider, jobs: usize) {
     assert_eq!(done, jobs, "every job recorded as succeeded");
     let s = rt.queue().stats().await.expect("stats");
     assert_eq!(s.ready + s.leased + s.delayed + s.dead, 0, "every message acked: {s:?}");
-    let cpu_per_job = cpu.map_or_else(|| "n/a".to_owned(), |c| format!("{:.2} µs", c.as_secs_f64() * 1e6 / jobs as f64));
+    let cpu_per_job =
+        cpu.map_or_else(|| "n/a".to_owned(), |c| format!("{:.2} µs", c.as_secs_f64() * 1e6 / jobs as f64));
     println!(
         "{:<9} throughput: {jobs} no-op jobs in {:>7.1} ms = {:>9.0} jobs/s   (enqueue: {:>9.0} jobs/s; CPU per job while running: {cpu_per_job})",
         provider.as_str(),

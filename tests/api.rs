@@ -214,3 +214,110 @@ async fn trigger_run_and_read_over_a_real_socket() {
     let r = rt.store().get(id.parse().unwrap()).await.unwrap().unwrap();
     assert_eq!(r.status, ExecutionStatus::Succeeded);
 }
+
+async fn runtime_with(configure: impl FnOnce(&mut netscript::WorkersConfig)) -> Runtime {
+    Runtime::builder().ignore_env().provider(QueueProvider::Memory).configure(configure).build().await.expect("runtime")
+}
+
+async fn call_with(rt: &Runtime, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let res = netscript::api::router(rt.clone()).oneshot(req).await.unwrap();
+    let (status, headers) = (res.status(), res.headers().clone());
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
+    (status, headers, value)
+}
+
+#[tokio::test]
+async fn a_configured_token_is_required_everywhere_but_health() {
+    let rt = runtime_with(|c| c.api_token = Some(netscript::config::ApiToken::new("s3cret"))).await;
+    let get = |uri: &str, auth: Option<&str>| {
+        let mut b = Request::builder().uri(uri);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    let (status, _, _) = call_with(&rt, get("/health", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, headers, body) = call_with(&rt, get("/api/v1/workers/jobs", None)).await;
+    assert_eq!((status, error_code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let (status, _, body) = call_with(&rt, get("/api/v1/workers/jobs", Some("Bearer wrong"))).await;
+    assert_eq!((status, error_code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let (status, _, _) = call_with(&rt, get("/api/v1/workers/jobs", Some("Basic czNjcmV0"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, body) = call_with(&rt, get("/api/v1/workers/jobs", Some("Bearer s3cret"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Unknown routes do not reveal themselves to callers without the token.
+    let (status, _, _) = call_with(&rt, get("/api/v1/nothing", None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_and_enqueue_nothing() {
+    let rt = runtime_with(|c| c.api_body_limit = 64).await;
+    let big = format!(r#"{{"orderId":"{}","amountCents":1}}"#, "x".repeat(100));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/workers/jobs/charge/trigger")
+        .body(Body::from(big))
+        .unwrap();
+    let (status, _, body) = call_with(&rt, req).await;
+    assert_eq!((status, error_code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
+    assert_eq!(rt.queue().stats().await.unwrap().ready, 0);
+    let small = r#"{"orderId":"o","amountCents":1}"#;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/workers/jobs/charge/trigger")
+        .body(Body::from(small))
+        .unwrap();
+    assert_eq!(call_with(&rt, req).await.0, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn subscribers_see_an_execution_queued_then_succeeded() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let rt = runtime().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.serve_on(listener, true, async move { rx.await.unwrap_or(()) }).await }
+    });
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /api/v1/workers/subscribe?job=charge HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    // The response head, up to the blank line.
+    let status = lines.next_line().await.unwrap().unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    while !lines.next_line().await.unwrap().unwrap().is_empty() {}
+    // Subscribed: now enqueue one job of another kind and one charge.
+    rt.enqueue(tick::enqueue()).await.unwrap();
+    let id = rt.enqueue(charge::enqueue(Charge { order_id: "o5".into(), amount_cents: 5 })).await.unwrap().execution_id;
+    let mut events = Vec::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(name) = line.strip_prefix("event: ") {
+                events.push(name.to_owned());
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                let record: Value = serde_json::from_str(data).unwrap();
+                assert_eq!(record["jobId"], "charge", "filtered by job");
+                assert_eq!(record["id"], id.to_string());
+            } else if let Some(event_id) = line.strip_prefix("id: ") {
+                assert!(event_id.starts_with(&id.to_string()), "{event_id}");
+            }
+            if events.last().map(String::as_str) == Some("succeeded") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("events arrive");
+    assert_eq!(events.first().map(String::as_str), Some("queued"), "{events:?}");
+    assert_eq!(events.last().map(String::as_str), Some("succeeded"), "{events:?}");
+    // Shutting down ends the open stream, so the server drains with the subscriber still
+    // connected.
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server).await.expect("server stops").unwrap();
+    drop(lines);
+}

@@ -190,6 +190,38 @@ pub struct WorkersConfig {
     /// Longest idle wait between claims when the backend cannot notify (another process
     /// enqueued into the embedded store).
     pub poll_interval: Duration,
+    /// When set, every API route but `/health` requires `Authorization: Bearer <token>`
+    /// (`NETSCRIPT_API_TOKEN`).
+    pub api_token: Option<ApiToken>,
+    /// Largest request body the API accepts, in bytes (default 1 MiB).
+    pub api_body_limit: usize,
+}
+
+/// The API's bearer token. Its `Debug` output never shows the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    /// A token; empty strings are refused by [`WorkersConfig::validate`].
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// Whether `candidate` is this token, in time that does not depend on where they differ.
+    pub fn matches(&self, candidate: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(candidate.as_bytes()).into()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(redacted)")
+    }
 }
 
 impl Default for WorkersConfig {
@@ -207,6 +239,8 @@ impl Default for WorkersConfig {
             default_timeout: Duration::from_secs(300),
             shutdown_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(200),
+            api_token: None,
+            api_body_limit: 1024 * 1024,
         }
     }
 }
@@ -251,6 +285,9 @@ impl WorkersConfig {
         if let Some(v) = var("NETSCRIPT_RUNNER") {
             self.runner = v.parse()?;
         }
+        if let Some(v) = var("NETSCRIPT_API_TOKEN") {
+            self.api_token = Some(ApiToken::new(v));
+        }
         Ok(report)
     }
 
@@ -261,6 +298,15 @@ impl WorkersConfig {
         }
         if self.queue_name.is_empty() {
             return Err(ConfigError::Invalid { field: "queue_name", message: "must not be empty".into() });
+        }
+        if self.api_token.as_ref().is_some_and(ApiToken::is_empty) {
+            return Err(ConfigError::Invalid {
+                field: "api_token",
+                message: "is empty; unset NETSCRIPT_API_TOKEN to run without authentication".into(),
+            });
+        }
+        if self.api_body_limit == 0 {
+            return Err(ConfigError::Invalid { field: "api_body_limit", message: "must be at least 1 byte".into() });
         }
         if self.lease < Duration::from_millis(300) {
             return Err(ConfigError::Invalid { field: "lease", message: "must be at least 300ms".into() });
@@ -332,6 +378,18 @@ mod tests {
         assert!(e.to_string().contains("concurrency"), "{e}");
         let e = c.apply_vars(vars(&[("NETSCRIPT_QUEUE_PROVIDER", "kafka")])).unwrap_err();
         assert!(e.to_string().contains("kafka"), "{e}");
+    }
+
+    #[test]
+    fn the_api_token_comes_from_the_environment_and_never_shows() {
+        let mut c = WorkersConfig::default();
+        c.apply_vars(vars(&[("NETSCRIPT_API_TOKEN", "s3cret")])).unwrap();
+        let token = c.api_token.clone().unwrap();
+        assert!(token.matches("s3cret"));
+        assert!(!token.matches("s3cre") && !token.matches("s3cret!") && !token.matches(""));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        c.api_token = Some(ApiToken::new(""));
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "api_token", .. })));
     }
 
     #[test]

@@ -102,6 +102,8 @@ struct Inner {
     queue: Arc<dyn Queue>,
     store: ExecutionStore,
     providers: Providers,
+    /// Fired when a `serve` begins shutting down: long-lived responses (event streams) end.
+    stopping: CancellationToken,
 }
 
 /// A configured job system. Cheap to clone.
@@ -235,6 +237,7 @@ impl RuntimeBuilder {
                 states: Arc::new(self.states),
                 queue,
                 providers,
+                stopping: CancellationToken::new(),
             }),
         })
     }
@@ -367,6 +370,12 @@ impl Runtime {
     /// The backends in use and why.
     pub fn providers(&self) -> &Providers {
         &self.inner.providers
+    }
+
+    /// Fired once a `serve` of this runtime starts shutting down; open event streams end on
+    /// it so the server can drain.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.inner.stopping
     }
 
     /// Enqueues a typed job request, as made by a job's handle.
@@ -534,9 +543,11 @@ impl Runtime {
         let app = crate::api::router(self.clone());
         let server = axum::serve(listener, app).with_graceful_shutdown(async move { api_stop.cancelled().await });
         let trigger = stop.clone();
+        let stopping = self.inner.stopping.clone();
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: no new claims, waiting for running jobs");
+            stopping.cancel();
             trigger.cancel();
         });
         if let Err(e) = server.await {

@@ -7,24 +7,27 @@
 //! | `POST /api/v1/workers/jobs/{id}/trigger` | enqueue; 202 with the execution id |
 //! | `GET /api/v1/workers/executions?limit=&status=&job=&before=` | executions, newest first |
 //! | `GET /api/v1/workers/executions/{id}` | one execution |
+//! | `GET /api/v1/workers/subscribe?job=&execution=` | execution changes as server-sent events |
 //!
 //! Errors are JSON `{ "error": { "code", "message" } }` with the matching status, for
-//! unknown routes (404) and methods (405) too. Request bodies are limited to 1 MiB.
+//! unknown routes (404) and methods (405) too. Request bodies are limited (1 MiB by default,
+//! `WorkersConfig::api_body_limit`; 413 beyond). When `NETSCRIPT_API_TOKEN` is set, every
+//! route but `/health` requires `Authorization: Bearer <token>` (401 otherwise).
 
+mod auth;
 mod error;
 mod routes;
+mod sse;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
 pub use routes::{JobInfo, TriggerEnvelope};
 
 use crate::runtime::Runtime;
-
-/// Largest request body accepted.
-pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// The API's routes, over `runtime`.
 pub fn router(runtime: Runtime) -> Router {
@@ -34,8 +37,10 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/api/v1/workers/jobs/{id}/trigger", post(routes::trigger))
         .route("/api/v1/workers/executions", get(routes::list_executions))
         .route("/api/v1/workers/executions/{id}", get(routes::get_execution))
+        .route("/api/v1/workers/subscribe", get(sse::subscribe))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(runtime.clone(), auth::require_token))
+        .layer(DefaultBodyLimit::max(runtime.config().api_body_limit))
         .with_state(runtime)
 }

@@ -1,5 +1,6 @@
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::IntoResponse;
@@ -110,8 +111,16 @@ pub(super) fn parse_trigger_body(body: &[u8]) -> Result<(serde_json::Value, Enqu
 pub(super) async fn trigger(
     State(rt): State<Runtime>,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than the limit of {} bytes", rt.config().api_body_limit),
+        ),
+        status => ApiError::new(status, "unreadable_body", e.body_text()),
+    })?;
     if rt.registry().get(&id).is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_job", format!("no job `{id}` is registered")));
     }
