@@ -321,3 +321,72 @@ async fn subscribers_see_an_execution_queued_then_succeeded() {
     tokio::time::timeout(Duration::from_secs(10), server).await.expect("server stops").unwrap();
     drop(lines);
 }
+
+#[tokio::test]
+async fn the_openapi_document_types_each_trigger_by_its_payload() {
+    let rt = runtime().await;
+    let (status, doc) = call(&rt, Method::GET, "/api/v1/openapi.json", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let charge = &doc["paths"]["/api/v1/workers/jobs/charge/trigger"]["post"];
+    let body = &charge["requestBody"]["content"]["application/json"]["schema"]["oneOf"];
+    assert!(body[0]["properties"]["orderId"].is_object(), "bare payload: {body}");
+    assert_eq!(body[1]["allOf"][1]["properties"]["payload"], body[0], "envelope around the same payload");
+    assert_eq!(charge["requestBody"]["required"], true);
+    assert_eq!(doc["paths"]["/api/v1/workers/jobs/tick/trigger"]["post"]["requestBody"]["required"], false);
+    assert!(
+        doc["components"]["schemas"]["ExecutionRecord"]["properties"]["status"].is_object(),
+        "{}",
+        doc["components"]
+    );
+    assert!(doc.get("security").is_none(), "no token, no security requirement");
+
+    // Every $ref points at a schema that exists.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("unexpected ref {r}"));
+        assert!(doc["components"]["schemas"].get(name).is_some(), "dangling {r}");
+    }
+
+    // A standard validator accepts it (scripts/test.sh installs openapi-spec-validator).
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(&doc).unwrap()).unwrap();
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1])))",
+        ])
+        .arg(file.path())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator refused the document (pip install openapi-spec-validator): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_declares_bearer_auth_when_a_token_is_set() {
+    let rt = runtime_with(|c| c.api_token = Some(netscript::config::ApiToken::new("t"))).await;
+    let req =
+        Request::builder().uri("/api/v1/openapi.json").header("authorization", "Bearer t").body(Body::empty()).unwrap();
+    let (status, _, doc) = call_with(&rt, req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert_eq!(doc["paths"]["/health"]["get"]["security"], json!([]));
+}

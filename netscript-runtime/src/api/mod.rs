@@ -8,6 +8,7 @@
 //! | `GET /api/v1/workers/executions?limit=&status=&job=&before=` | executions, newest first |
 //! | `GET /api/v1/workers/executions/{id}` | one execution |
 //! | `GET /api/v1/workers/subscribe?job=&execution=` | execution changes as server-sent events |
+//! | `GET /api/v1/openapi.json` | OpenAPI 3.1, each job's trigger body typed by its schema |
 //!
 //! Errors are JSON `{ "error": { "code", "message" } }` with the matching status, for
 //! unknown routes (404) and methods (405) too. Request bodies are limited (1 MiB by default,
@@ -16,6 +17,7 @@
 
 mod auth;
 mod error;
+pub mod openapi;
 mod routes;
 mod sse;
 
@@ -38,6 +40,7 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/api/v1/workers/executions", get(routes::list_executions))
         .route("/api/v1/workers/executions/{id}", get(routes::get_execution))
         .route("/api/v1/workers/subscribe", get(sse::subscribe))
+        .route("/api/v1/openapi.json", get(routes::openapi))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(middleware::from_fn_with_state(runtime.clone(), auth::require_token))

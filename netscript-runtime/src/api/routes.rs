@@ -193,6 +193,10 @@ pub(super) async fn get_execution(
     }
 }
 
+pub(super) async fn openapi(State(rt): State<Runtime>) -> Json<serde_json::Value> {
+    Json(super::openapi::document(&rt))
+}
+
 pub(super) async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {}", uri.path()))
 }

@@ -1,0 +1,212 @@
+//! `GET /api/v1/openapi.json`: the API as an OpenAPI 3.1 document, in which each job's
+//! trigger route carries that job's payload schema.
+//!
+//! Every job gets its own concrete path (`/api/v1/workers/jobs/process-payment/trigger`)
+//! whose request body is the job's payload, or the envelope around it; the templated
+//! `/api/v1/workers/jobs/{id}/trigger` stays for clients that do not know the jobs. Schemas
+//! come from `schemars` (JSON Schema 2020-12, which OpenAPI 3.1 uses); a payload's own
+//! definitions are moved under `components/schemas`, prefixed with the job id.
+
+use serde_json::{Map, Value, json};
+
+use crate::job::JobDescriptor;
+use crate::runtime::Runtime;
+use crate::store::ExecutionRecord;
+
+/// The document for this runtime's jobs and settings.
+pub fn document(rt: &Runtime) -> Value {
+    let mut schemas = Map::new();
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    let mut generator = settings.into_generator();
+    // Adds ExecutionRecord and the types it uses to the generator's definitions.
+    generator.subschema_for::<ExecutionRecord>();
+    schemas.extend(generator.take_definitions(true));
+    schemas.insert("Error".into(), error_schema());
+    schemas.insert("TriggerAccepted".into(), trigger_accepted_schema());
+    schemas.insert("EnqueueOptions".into(), enqueue_options_schema());
+
+    let mut paths = Map::new();
+    paths.insert("/health".into(), json!({ "get": {
+        "operationId": "health", "summary": "Liveness, with the active providers", "security": [],
+        "responses": { "200": { "description": "The service is up", "content": { "application/json": {
+            "schema": { "type": "object", "properties": {
+                "status": { "const": "ok" }, "version": { "type": "string" }, "jobs": { "type": "integer" },
+                "providers": { "type": "object", "properties": {
+                    "queue": { "type": "string" }, "kv": { "type": "string" }, "reason": { "type": "string" } } } } } } } } }
+    } }));
+    paths.insert("/api/v1/workers/jobs".into(), json!({ "get": {
+        "operationId": "listJobs", "summary": "Registered jobs with their payload schemas",
+        "responses": { "200": { "description": "The jobs", "content": { "application/json": {
+            "schema": { "type": "array", "items": job_info_schema() } } } }, "401": error_response("Missing or wrong token") }
+    } }));
+    paths.insert("/api/v1/workers/jobs/{id}/trigger".into(), json!({ "post": {
+        "operationId": "triggerJob", "summary": "Enqueue a job by id (any payload; see the per-job paths for typed bodies)",
+        "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } } ],
+        "requestBody": { "required": false, "content": { "application/json": { "schema": {} } } },
+        "responses": trigger_responses()
+    } }));
+    for job in rt.registry().iter() {
+        let payload = payload_schema(job, &mut schemas);
+        let body = json!({ "oneOf": [
+            payload.clone(),
+            { "allOf": [ { "$ref": "#/components/schemas/EnqueueOptions" },
+                         { "type": "object", "required": ["payload"], "properties": { "payload": payload } } ] }
+        ] });
+        paths.insert(
+            format!("/api/v1/workers/jobs/{}/trigger", job.id),
+            json!({ "post": {
+            "operationId": format!("trigger_{}", job.id.replace('-', "_")),
+            "summary": format!("Enqueue `{}`", job.id),
+            "description": job.description,
+            "tags": [job.topic],
+            "requestBody": { "required": job.payload.is_some(), "content": { "application/json": { "schema": body } } },
+            "responses": trigger_responses()
+        } }),
+        );
+    }
+    paths.insert("/api/v1/workers/executions".into(), json!({ "get": {
+        "operationId": "listExecutions", "summary": "Executions, newest first",
+        "parameters": [
+            { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 50 } },
+            { "name": "status", "in": "query", "schema": { "enum": ["queued", "running", "succeeded", "retrying", "failed", "dead", "cancelled"] } },
+            { "name": "job", "in": "query", "schema": { "type": "string" } },
+            { "name": "before", "in": "query", "description": "Cursor: the nextCursor of the previous page", "schema": { "type": "string", "format": "uuid" } }
+        ],
+        "responses": {
+            "200": { "description": "A page of executions", "content": { "application/json": { "schema": {
+                "type": "object", "required": ["executions"], "properties": {
+                    "executions": { "type": "array", "items": { "$ref": "#/components/schemas/ExecutionRecord" } },
+                    "nextCursor": { "type": ["string", "null"], "format": "uuid" } } } } } },
+            "400": error_response("A query parameter is invalid"),
+            "401": error_response("Missing or wrong token")
+        }
+    } }));
+    paths.insert("/api/v1/workers/executions/{id}".into(), json!({ "get": {
+        "operationId": "getExecution", "summary": "One execution",
+        "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } } ],
+        "responses": {
+            "200": { "description": "The execution", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ExecutionRecord" } } } },
+            "401": error_response("Missing or wrong token"),
+            "404": error_response("No such execution")
+        }
+    } }));
+    paths.insert("/api/v1/workers/subscribe".into(), json!({ "get": {
+        "operationId": "subscribe", "summary": "Execution changes as server-sent events",
+        "parameters": [
+            { "name": "job", "in": "query", "schema": { "type": "string" } },
+            { "name": "execution", "in": "query", "schema": { "type": "string", "format": "uuid" } }
+        ],
+        "responses": {
+            "200": { "description": "An event stream; each event's data is an ExecutionRecord", "content": { "text/event-stream": { "schema": { "type": "string" } } } },
+            "400": error_response("A query parameter is invalid"),
+            "401": error_response("Missing or wrong token")
+        }
+    } }));
+    paths.insert("/api/v1/openapi.json".into(), json!({ "get": {
+        "operationId": "openapi", "summary": "This document",
+        "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": { "schema": { "type": "object" } } } },
+                       "401": error_response("Missing or wrong token") }
+    } }));
+
+    let mut doc = json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "NetScript workers API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Trigger jobs, read executions and follow them live."
+        },
+        "paths": paths,
+        "components": { "schemas": schemas }
+    });
+    if rt.config().api_token.is_some() {
+        doc["components"]["securitySchemes"] = json!({ "bearer": { "type": "http", "scheme": "bearer" } });
+        doc["security"] = json!([ { "bearer": [] } ]);
+    }
+    doc
+}
+
+/// The job's payload schema, its definitions moved into `schemas` under `<job id>.<name>`.
+fn payload_schema(job: &JobDescriptor, schemas: &mut Map<String, Value>) -> Value {
+    let mut schema = without_schema_keyword(job.payload_schema().to_value());
+    let prefix = format!("{}.", job.id);
+    if let Some(Value::Object(defs)) = schema.as_object_mut().and_then(|o| o.remove("$defs")) {
+        for (name, mut def) in defs {
+            rewrite_refs(&mut def, &prefix);
+            schemas.insert(format!("{prefix}{name}"), def);
+        }
+    }
+    rewrite_refs(&mut schema, &prefix);
+    schema
+}
+
+/// Points `#/$defs/X` references at `#/components/schemas/<prefix>X`.
+fn rewrite_refs(value: &mut Value, prefix: &str) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get_mut("$ref")
+                && let Some(name) = r.strip_prefix("#/$defs/")
+            {
+                *r = format!("#/components/schemas/{prefix}{name}");
+            }
+            map.values_mut().for_each(|v| rewrite_refs(v, prefix));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_refs(v, prefix)),
+        _ => {}
+    }
+}
+
+fn without_schema_keyword(mut schema: Value) -> Value {
+    if let Some(map) = schema.as_object_mut() {
+        map.remove("$schema");
+    }
+    schema
+}
+
+fn error_response(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn trigger_responses() -> Value {
+    json!({
+        "202": { "description": "Enqueued", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/TriggerAccepted" } } } },
+        "400": error_response("The body is not JSON"),
+        "401": error_response("Missing or wrong token"),
+        "404": error_response("No such job"),
+        "413": error_response("The body is over the size limit"),
+        "422": error_response("The payload does not fit the job's payload type")
+    })
+}
+
+fn error_schema() -> Value {
+    json!({ "type": "object", "required": ["error"], "properties": { "error": {
+        "type": "object", "required": ["code", "message"],
+        "properties": { "code": { "type": "string" }, "message": { "type": "string" } } } } })
+}
+
+fn trigger_accepted_schema() -> Value {
+    json!({ "type": "object", "required": ["executionId", "duplicate", "status"], "properties": {
+        "executionId": { "type": "string", "format": "uuid" },
+        "duplicate": { "type": "boolean", "description": "An earlier enqueue with the same idempotency key" },
+        "status": { "const": "queued" },
+        "links": { "type": "object", "properties": { "execution": { "type": "string" } } } } })
+}
+
+fn enqueue_options_schema() -> Value {
+    json!({ "type": "object", "properties": {
+        "idempotencyKey": { "type": "string" },
+        "concurrencyKey": { "type": "string" },
+        "priority": { "type": "integer", "format": "int32" },
+        "delay": { "description": "A duration such as \"10s\", or milliseconds", "type": ["string", "integer"] },
+        "correlationId": { "type": "string" },
+        "traceparent": { "type": "string" },
+        "tracestate": { "type": "string" } } })
+}
+
+fn job_info_schema() -> Value {
+    json!({ "type": "object", "required": ["id", "name", "topic", "retries", "payloadSchema", "outputSchema"], "properties": {
+        "id": { "type": "string" }, "name": { "type": "string" }, "topic": { "type": "string" },
+        "description": { "type": "string" }, "tags": { "type": "array", "items": { "type": "string" } },
+        "timeoutMs": { "type": ["integer", "null"] }, "retries": { "type": "integer" },
+        "backoff": { "type": "object" }, "payloadSchema": {}, "outputSchema": {} } })
+}
