@@ -34,7 +34,7 @@ pub use netscript_runtime::runtime::{EnqueueError, Providers, Receipt};
 pub use netscript_runtime::{
     Backoff, CancellationToken, EnqueueJob, EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, JobContext,
     JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, Runtime, RuntimeBuilder,
-    StartupError, State, WorkersConfig, api, cli, config, job as jobs, kv, queue, store, time, worker,
+    StartupError, State, WorkersConfig, api, cli, config, cron, job as jobs, kv, queue, store, time, worker,
 };
 
 /// Runs the app: parses the command line (`serve`, `jobs`, `trigger`, `executions`, ...) and

@@ -10,11 +10,13 @@
 //! Each concept has its own module: [`job`] (what a job is), [`queue`] (the queue contract and
 //! its backends), [`kv`] (the key-value contract and its backends), [`store`] (execution
 //! records and their change feed), [`worker`] (dispatcher, retry policy, runners), [`api`]
-//! (the HTTP API), [`config`], [`cli`] and [`runtime`] (the builder that wires it together).
+//! (the HTTP API), [`cron`] (cron expressions and next fire times), [`config`], [`cli`] and
+//! [`runtime`] (the builder that wires it together).
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod cron;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod job;
