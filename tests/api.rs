@@ -38,10 +38,7 @@ async fn runtime() -> Runtime {
 
 async fn call(rt: &Runtime, method: Method, uri: &str, body: &str) -> (StatusCode, Value) {
     let req = Request::builder().method(method).uri(uri).body(Body::from(body.to_owned())).unwrap();
-    let res = netscript::api::router(rt.clone()).oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
+    let (status, _, value) = call_with(rt, req).await;
     (status, value)
 }
 
@@ -180,9 +177,11 @@ async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) 
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-#[tokio::test]
-async fn trigger_run_and_read_over_a_real_socket() {
-    let rt = runtime().await;
+/// Serves `rt` (API and workers) on a free loopback port until the sender fires.
+async fn serve(
+    rt: &Runtime,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<netscript::worker::WorkerReport>)
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -190,6 +189,13 @@ async fn trigger_run_and_read_over_a_real_socket() {
         let rt = rt.clone();
         async move { rt.serve_on(listener, true, async move { rx.await.unwrap_or(()) }).await }
     });
+    (addr, tx, server)
+}
+
+#[tokio::test]
+async fn trigger_run_and_read_over_a_real_socket() {
+    let rt = runtime().await;
+    let (addr, tx, server) = serve(&rt).await;
     let (status, body) =
         http(addr, "POST", "/api/v1/workers/jobs/charge/trigger", r#"{"orderId":"o9","amountCents":12}"#).await;
     assert_eq!(status, 202, "{body}");
@@ -278,13 +284,7 @@ async fn bodies_over_the_limit_get_413_and_enqueue_nothing() {
 async fn subscribers_see_an_execution_queued_then_succeeded() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let rt = runtime().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let rt = rt.clone();
-        async move { rt.serve_on(listener, true, async move { rx.await.unwrap_or(()) }).await }
-    });
+    let (addr, tx, server) = serve(&rt).await;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(b"GET /api/v1/workers/subscribe?job=charge HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     let mut lines = BufReader::new(stream).lines();
