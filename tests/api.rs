@@ -32,6 +32,12 @@ async fn tick() -> JobResult<()> {
     Ok(())
 }
 
+/// Always fails, for good.
+#[job(id = "broken", retries = 0)]
+async fn broken() -> JobResult<()> {
+    Err(JobError::fatal("the ledger is closed"))
+}
+
 async fn runtime() -> Runtime {
     Runtime::builder().ignore_env().provider(QueueProvider::Memory).build().await.expect("runtime")
 }
@@ -389,4 +395,49 @@ async fn the_openapi_document_declares_bearer_auth_when_a_token_is_set() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     assert_eq!(doc["paths"]["/health"]["get"]["security"], json!([]));
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_and_redriven() {
+    let rt = runtime().await;
+    let stop = netscript::CancellationToken::new();
+    let workers = tokio::spawn({
+        let (rt, stop) = (rt.clone(), stop.clone());
+        async move { rt.run_workers(stop).await }
+    });
+    let first = rt.enqueue(broken::enqueue()).await.unwrap().execution_id;
+    let second = rt.enqueue(broken::enqueue()).await.unwrap().execution_id;
+    for id in [first, second] {
+        let r = rt.wait_for(id, Duration::from_secs(10)).await.unwrap().unwrap();
+        assert_eq!(r.status, ExecutionStatus::Dead);
+    }
+    stop.cancel();
+    workers.await.unwrap();
+
+    let (status, dead) = call(&rt, Method::GET, "/api/v1/workers/dead-letters?limit=10", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let dead = dead.as_array().unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0]["jobId"], "broken");
+    assert_eq!(dead[0]["error"], "the ledger is closed");
+    let (_, stats) = call(&rt, Method::GET, "/api/v1/workers/queue", "").await;
+    assert_eq!((stats["dead"].as_u64(), stats["ready"].as_u64()), (Some(2), Some(0)), "{stats}");
+
+    let (status, body) = call(&rt, Method::POST, &format!("/api/v1/workers/dead-letters/{first}/redrive"), "").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let record = rt.store().get(first).await.unwrap().unwrap();
+    assert_eq!(record.status, ExecutionStatus::Queued);
+    assert_eq!(record.attempts.len(), 1, "the failed attempt stays in the history");
+    let (_, stats) = call(&rt, Method::GET, "/api/v1/workers/queue", "").await;
+    assert_eq!((stats["dead"].as_u64(), stats["ready"].as_u64()), (Some(1), Some(1)), "{stats}");
+
+    let (status, body) = call(&rt, Method::POST, &format!("/api/v1/workers/dead-letters/{first}/redrive"), "").await;
+    assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "unknown_dead_letter"));
+    let (status, body) = call(&rt, Method::POST, "/api/v1/workers/dead-letters/not-an-id/redrive", "").await;
+    assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "unknown_dead_letter"));
+    let (status, body) = call(&rt, Method::POST, "/api/v1/workers/dead-letters/redrive", "").await;
+    assert_eq!((status, body["redriven"].as_u64()), (StatusCode::ACCEPTED, Some(1)));
+    assert_eq!(rt.queue().stats().await.unwrap().ready, 2);
+    let (status, body) = call(&rt, Method::GET, "/api/v1/workers/dead-letters?limit=0", "").await;
+    assert_eq!((status, error_code(&body)), (StatusCode::BAD_REQUEST, "invalid_query"));
 }

@@ -8,6 +8,9 @@
 //! app trigger ID [--payload JSON] [--wait] [...]        enqueue one job
 //! app executions [--limit N] [--status S] [--job ID]    recent executions
 //! app execution ID                                      one execution
+//! app dead-letters [--limit N] [--json]                 dead letters with their last error
+//! app redrive ID | --all                                put dead letters back in the queue
+//! app stats                                             queue counts
 //! ```
 //!
 //! Exit codes: 0 success; 1 a failure (a refused enqueue, a job that ended dead or failed
@@ -105,6 +108,26 @@ pub enum Command {
         /// The execution's id.
         id: ExecutionId,
     },
+    /// List dead letters, newest first, with their last error.
+    DeadLetters {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a dead letter back in the queue (attempts reset), or all of them with --all.
+    Redrive {
+        /// The execution's id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<ExecutionId>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Queue counts: ready, delayed, leased, dead.
+    Stats,
 }
 
 /// Installs a `tracing` subscriber printing to stderr (`RUST_LOG`, default `info`), unless
@@ -227,6 +250,47 @@ async fn execute(rt: &Runtime, command: Command) -> Result<ExitCode, String> {
             } else {
                 print_table(&records);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DeadLetters { limit, json } => {
+            let dead: Vec<crate::api::DeadLetterInfo> =
+                rt.queue().dead_letters(limit).await.map_err(|e| e.to_string())?.into_iter().map(Into::into).collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&dead).map_err(|e| e.to_string())?);
+            } else if dead.is_empty() {
+                println!("no dead letters");
+            } else {
+                println!("{:<36}  {:<22} {:>7}  {:<24}  ERROR", "ID", "JOB", "ATTEMPT", "FAILED");
+                for d in dead {
+                    let error: String = d.error.chars().take(80).collect();
+                    println!(
+                        "{:<36}  {:<22} {:>7}  {:<24}  {error}",
+                        d.id,
+                        d.job_id,
+                        d.attempt,
+                        d.failed_at.to_string()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Redrive { id, all } => {
+            if all {
+                let n = rt.redrive_all(usize::MAX).await.map_err(|e| e.to_string())?;
+                println!("{n} dead letter(s) back in the queue");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let id = id.ok_or("give an execution id or --all")?;
+            if rt.redrive(id).await.map_err(|e| e.to_string())? {
+                println!("{id} is back in the queue");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(format!("no dead letter `{id}`"))
+            }
+        }
+        Command::Stats => {
+            let stats = rt.queue().stats().await.map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Execution { id } => match rt.store().get(id).await.map_err(|e| e.to_string())? {

@@ -560,6 +560,36 @@ impl Runtime {
         }
     }
 
+    /// Moves a dead-lettered execution back to the queue, claimable at once with its attempts
+    /// reset; its record returns to `queued` (earlier attempts stay in its history).
+    /// `Ok(false)` when no dead letter has this id.
+    pub async fn redrive(&self, id: ExecutionId) -> Result<bool, EnqueueError> {
+        if !self.inner.queue.redrive(id).await? {
+            return Ok(false);
+        }
+        if let Some(mut record) = self.inner.store.get(id).await? {
+            record.status = ExecutionStatus::Queued;
+            record.attempt = 0;
+            record.finished_at = None;
+            record.retry_at = None;
+            record.started_at = None;
+            record.updated_at = Timestamp::now();
+            self.inner.store.put_many(vec![record]).await?;
+        }
+        Ok(true)
+    }
+
+    /// Re-drives every dead letter (up to `limit`); returns how many went back to the queue.
+    pub async fn redrive_all(&self, limit: usize) -> Result<usize, EnqueueError> {
+        let mut n = 0;
+        for dead in self.inner.queue.dead_letters(limit).await? {
+            if self.redrive(dead.message.id).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Waits until the execution reaches a final status (or `timeout`), returning its last
     /// record (`None` if it never got one). Works across processes: it watches this process's feed and re-reads the store.
     pub async fn wait_for(&self, id: ExecutionId, timeout: Duration) -> Result<Option<ExecutionRecord>, StoreError> {

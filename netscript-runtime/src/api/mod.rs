@@ -7,6 +7,10 @@
 //! | `POST /api/v1/workers/jobs/{id}/trigger` | enqueue; 202 with the execution id |
 //! | `GET /api/v1/workers/executions?limit=&status=&job=&before=` | executions, newest first |
 //! | `GET /api/v1/workers/executions/{id}` | one execution |
+//! | `GET /api/v1/workers/dead-letters?limit=` | dead letters, newest first, with their last error |
+//! | `POST /api/v1/workers/dead-letters/{id}/redrive` | put one back in the queue |
+//! | `POST /api/v1/workers/dead-letters/redrive` | put them all back |
+//! | `GET /api/v1/workers/queue` | queue counts: ready, delayed, leased, dead |
 //! | `GET /api/v1/workers/subscribe?job=&execution=` | execution changes as server-sent events |
 //! | `GET /api/v1/openapi.json` | OpenAPI 3.1, each job's trigger body typed by its schema |
 //!
@@ -27,7 +31,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
-pub use routes::{JobInfo, TriggerEnvelope};
+pub use routes::{DeadLetterInfo, JobInfo, TriggerEnvelope};
 
 use crate::runtime::Runtime;
 
@@ -39,6 +43,10 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/api/v1/workers/jobs/{id}/trigger", post(routes::trigger))
         .route("/api/v1/workers/executions", get(routes::list_executions))
         .route("/api/v1/workers/executions/{id}", get(routes::get_execution))
+        .route("/api/v1/workers/dead-letters", get(routes::list_dead_letters))
+        .route("/api/v1/workers/dead-letters/redrive", post(routes::redrive_all))
+        .route("/api/v1/workers/dead-letters/{id}/redrive", post(routes::redrive))
+        .route("/api/v1/workers/queue", get(routes::queue_stats))
         .route("/api/v1/workers/subscribe", get(sse::subscribe))
         .route("/api/v1/openapi.json", get(routes::openapi))
         .fallback(routes::not_found)

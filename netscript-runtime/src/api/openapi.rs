@@ -91,6 +91,58 @@ pub fn document(rt: &Runtime) -> Value {
             "404": error_response("No such execution")
         }
     } }));
+    paths.insert(
+        "/api/v1/workers/dead-letters".into(),
+        json!({ "get": {
+            "operationId": "listDeadLetters", "summary": "Dead letters, newest first, with their last error",
+            "parameters": [ { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 50 } } ],
+            "responses": {
+                "200": { "description": "The dead letters", "content": { "application/json": { "schema": { "type": "array", "items": {
+                    "type": "object", "required": ["id", "jobId", "topic", "attempt", "error", "failedAt", "payload"], "properties": {
+                        "id": { "type": "string", "format": "uuid" }, "jobId": { "type": "string" }, "topic": { "type": "string" },
+                        "attempt": { "type": "integer" }, "error": { "type": "string" },
+                        "failedAt": { "type": "string", "format": "date-time" }, "payload": {} } } } } } },
+                "400": error_response("A query parameter is invalid"),
+                "401": error_response("Missing or wrong token")
+            }
+        } }),
+    );
+    paths.insert(
+        "/api/v1/workers/dead-letters/{id}/redrive".into(),
+        json!({ "post": {
+            "operationId": "redrive", "summary": "Put one dead letter back in the queue, attempts reset",
+            "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } } ],
+            "responses": {
+                "202": { "description": "Back in the queue", "content": { "application/json": { "schema": { "type": "object", "properties": {
+                    "executionId": { "type": "string", "format": "uuid" }, "status": { "const": "queued" } } } } } },
+                "401": error_response("Missing or wrong token"),
+                "404": error_response("No such dead letter")
+            }
+        } }),
+    );
+    paths.insert(
+        "/api/v1/workers/dead-letters/redrive".into(),
+        json!({ "post": {
+            "operationId": "redriveAll", "summary": "Put every dead letter back in the queue",
+            "responses": {
+                "202": { "description": "How many went back", "content": { "application/json": { "schema": { "type": "object", "properties": {
+                    "redriven": { "type": "integer" } } } } } },
+                "401": error_response("Missing or wrong token")
+            }
+        } }),
+    );
+    paths.insert(
+        "/api/v1/workers/queue".into(),
+        json!({ "get": {
+            "operationId": "queueStats", "summary": "Queue counts",
+            "responses": {
+                "200": { "description": "Counts", "content": { "application/json": { "schema": { "type": "object", "properties": {
+                    "ready": { "type": "integer" }, "delayed": { "type": "integer" }, "leased": { "type": "integer" },
+                    "dead": { "type": "integer" }, "staleSettlements": { "type": "integer" } } } } } },
+                "401": error_response("Missing or wrong token")
+            }
+        } }),
+    );
     paths.insert("/api/v1/workers/subscribe".into(), json!({ "get": {
         "operationId": "subscribe", "summary": "Execution changes as server-sent events",
         "parameters": [

@@ -157,14 +157,7 @@ pub(super) async fn list_executions(
     State(rt): State<Runtime>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<ExecutionPage>, ApiError> {
-    let limit = q.limit.unwrap_or(50);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
+    let limit = limit(&LimitQuery { limit: q.limit })?;
     let status = q
         .status
         .as_deref()
@@ -191,6 +184,91 @@ pub(super) async fn get_execution(
         Some(record) => Ok(Json(record)),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_execution", format!("no execution `{id}`"))),
     }
+}
+
+/// A dead letter, as listed by `GET /api/v1/workers/dead-letters`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterInfo {
+    /// The execution (message) id.
+    pub id: ExecutionId,
+    /// The job (message kind).
+    pub job_id: String,
+    /// The topic.
+    pub topic: String,
+    /// Attempts made.
+    pub attempt: u32,
+    /// The error that sent it here.
+    pub error: String,
+    /// When.
+    pub failed_at: crate::time::Timestamp,
+    /// The payload, as JSON when it is JSON.
+    pub payload: serde_json::Value,
+}
+
+impl From<crate::queue::DeadLetter> for DeadLetterInfo {
+    fn from(d: crate::queue::DeadLetter) -> Self {
+        let m = d.message;
+        let payload = serde_json::from_slice(&m.payload)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&m.payload).into_owned()));
+        Self {
+            id: m.id,
+            job_id: m.kind,
+            topic: m.topic,
+            attempt: m.attempt,
+            error: d.error,
+            failed_at: d.failed_at,
+            payload,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct LimitQuery {
+    limit: Option<usize>,
+}
+
+fn limit(q: &LimitQuery) -> Result<usize, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    Ok(limit)
+}
+
+fn queue_error(e: crate::queue::QueueError) -> ApiError {
+    tracing::error!(error = %e, "queue failed");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", e.to_string())
+}
+
+pub(super) async fn list_dead_letters(
+    State(rt): State<Runtime>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<Vec<DeadLetterInfo>>, ApiError> {
+    let dead = rt.queue().dead_letters(limit(&q)?).await.map_err(queue_error)?;
+    Ok(Json(dead.into_iter().map(DeadLetterInfo::from).collect()))
+}
+
+pub(super) async fn redrive(State(rt): State<Runtime>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let missing = || ApiError::new(StatusCode::NOT_FOUND, "unknown_dead_letter", format!("no dead letter `{id}`"));
+    let parsed: ExecutionId = id.parse().map_err(|_| missing())?;
+    if !rt.redrive(parsed).await? {
+        return Err(missing());
+    }
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "executionId": parsed, "status": ExecutionStatus::Queued }))))
+}
+
+pub(super) async fn redrive_all(State(rt): State<Runtime>) -> Result<impl IntoResponse, ApiError> {
+    let n = rt.redrive_all(MAX_LIMIT).await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "redriven": n }))))
+}
+
+pub(super) async fn queue_stats(State(rt): State<Runtime>) -> Result<Json<crate::queue::QueueStats>, ApiError> {
+    Ok(Json(rt.queue().stats().await.map_err(queue_error)?))
 }
 
 pub(super) async fn openapi(State(rt): State<Runtime>) -> Json<serde_json::Value> {
