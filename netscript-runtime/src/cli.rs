@@ -81,7 +81,8 @@ pub enum Command {
         /// Run no sooner than this (e.g. 30s, 5m).
         #[arg(long, value_parser = humantime::parse_duration)]
         delay: Option<Duration>,
-        /// Wait for the execution to finish and print its result.
+        /// Follow the execution (status, attempts, a progress bar) on stderr until it ends, then
+        /// print its record; exit non-zero unless it succeeded.
         #[arg(long)]
         wait: bool,
         /// How long --wait waits.
@@ -312,12 +313,9 @@ async fn serve(rt: &Runtime, workers: bool) -> Result<ExitCode, String> {
 }
 
 async fn wait_and_print(rt: &Runtime, id: ExecutionId, timeout: Duration) -> Result<ExitCode, String> {
-    let hint = tokio::spawn(async {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        eprintln!("still waiting; is a `serve` or `worker` process running on this store?");
-    });
+    let follower = tokio::spawn(follow(rt.clone(), id));
     let record = rt.wait_for(id, timeout).await.map_err(|e| e.to_string());
-    hint.abort();
+    follower.abort();
     let record = record?.ok_or_else(|| format!("execution `{id}` disappeared"))?;
     println!("{}", serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?);
     Ok(match record.status {
@@ -328,6 +326,47 @@ async fn wait_and_print(rt: &Runtime, id: ExecutionId, timeout: Duration) -> Res
             ExitCode::FAILURE
         }
     })
+}
+
+/// Prints each change of the execution's status, attempt and progress to stderr, with a
+/// bar for progress, until aborted. Reads the store, so it follows runs in other processes.
+async fn follow(rt: Runtime, id: ExecutionId) {
+    let started = tokio::time::Instant::now();
+    let mut last = None;
+    let mut hinted = false;
+    loop {
+        if let Ok(Some(r)) = rt.store().get(id).await {
+            let now = (r.status, r.attempt, r.progress.clone());
+            if last.as_ref() != Some(&now) {
+                match (&r.status, &r.progress) {
+                    (ExecutionStatus::Running, Some(p)) => {
+                        let filled = usize::from(p.percent / 5);
+                        eprintln!(
+                            "[{}{}] {:>3}% {}",
+                            "#".repeat(filled),
+                            " ".repeat(20 - filled),
+                            p.percent,
+                            p.message
+                        );
+                    }
+                    (ExecutionStatus::Retrying, _) => eprintln!(
+                        "attempt {}/{} failed: {}; retrying",
+                        r.attempt,
+                        r.max_attempts,
+                        r.error.as_deref().unwrap_or("unknown error")
+                    ),
+                    (ExecutionStatus::Queued, _) => eprintln!("queued"),
+                    (status, _) => eprintln!("{status} (attempt {}/{})", r.attempt, r.max_attempts),
+                }
+                last = Some(now);
+            }
+            if !hinted && r.status == ExecutionStatus::Queued && started.elapsed() > Duration::from_secs(5) {
+                eprintln!("still queued; is a `serve` or `worker` process running on this store?");
+                hinted = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn print_table(records: &[ExecutionRecord]) {
