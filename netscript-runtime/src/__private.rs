@@ -27,7 +27,7 @@ pub fn payload_schema<P: schemars::JsonSchema>() -> schemars::Schema {
 
 /// Checks that `value` decodes as `P`.
 pub fn validate_payload<P: DeserializeOwned>(value: &serde_json::Value) -> Result<(), String> {
-    P::deserialize(value).map(|_| ()).map_err(|e| e.to_string())
+    crate::job::check_payload::<P>(value)
 }
 
 /// The return type of a job function: `JobResult<T>` with `T: Serialize + JsonSchema`.

@@ -106,3 +106,42 @@ impl JobDescriptor {
         }
     }
 }
+
+/// Checks that `value` decodes as `P`; the error names where (a path such as
+/// `items[2].sku`, `.` for the whole payload) and why.
+pub fn check_payload<P: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<(), String> {
+    match serde_path_to_error::deserialize::<_, P>(value) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("at `{}`: {}", e.path(), e.inner())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Order {
+        id: String,
+        items: Vec<Item>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Item {
+        sku: String,
+        qty: u32,
+    }
+
+    #[test]
+    fn payload_errors_name_the_failing_path() {
+        let ok = serde_json::json!({"id": "o1", "items": [{"sku": "a", "qty": 1}]});
+        assert_eq!(check_payload::<Order>(&ok), Ok(()));
+        let bad = serde_json::json!({"id": "o1", "items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": -2}]});
+        let e = check_payload::<Order>(&bad).unwrap_err();
+        assert!(e.starts_with("at `items[1].qty`: invalid value: integer `-2`"), "{e}");
+        let e = check_payload::<Order>(&serde_json::json!({"items": []})).unwrap_err();
+        assert_eq!(e, "at `.`: missing field `id`");
+    }
+}

@@ -14,7 +14,7 @@ mod state;
 
 pub use backoff::Backoff;
 pub use context::{ContextParts, JobContext, JobLogger, Progress, ProgressSink};
-pub use descriptor::{HandlerFuture, JobDescriptor, JobHandler, Location, PayloadSpec, StateSpec};
+pub use descriptor::{HandlerFuture, JobDescriptor, JobHandler, Location, PayloadSpec, StateSpec, check_payload};
 pub use error::{JobError, JobErrorKind, JobResult};
 pub use handle::{EnqueueJob, EnqueueOptions};
 pub use registry::{JOBS, Registry, RegistryError};
