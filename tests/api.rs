@@ -441,3 +441,52 @@ async fn dead_letters_are_listed_and_redriven() {
     let (status, body) = call(&rt, Method::GET, "/api/v1/workers/dead-letters?limit=0", "").await;
     assert_eq!((status, error_code(&body)), (StatusCode::BAD_REQUEST, "invalid_query"));
 }
+
+#[tokio::test]
+async fn a_subscriber_reconnecting_with_last_event_id_gets_what_it_missed() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let rt = runtime().await;
+    let seen = rt.enqueue(charge::enqueue(Charge { order_id: "seen".into(), amount_cents: 1 })).await.unwrap();
+    let seen = rt.store().get(seen.execution_id).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let b = rt.enqueue(charge::enqueue(Charge { order_id: "b".into(), amount_cents: 2 })).await.unwrap().execution_id;
+    let c = rt.enqueue(charge::enqueue(Charge { order_id: "c".into(), amount_cents: 3 })).await.unwrap().execution_id;
+    rt.enqueue(tick::enqueue()).await.unwrap();
+
+    // Served without workers, so nothing changes while we read.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.serve_on(listener, false, async move { rx.await.unwrap_or(()) }).await }
+    });
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let last_event_id = format!("{}/{}", seen.id, seen.updated_at.as_millis());
+    let request = format!(
+        "GET /api/v1/workers/subscribe?job=charge HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: {last_event_id}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    while !lines.next_line().await.unwrap().unwrap().is_empty() {}
+    let mut replayed = Vec::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(data) = line.strip_prefix("data: ") {
+                let record: Value = serde_json::from_str(data).unwrap();
+                replayed.push(record["id"].as_str().unwrap().to_owned());
+                if replayed.len() == 2 {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("replayed events arrive");
+    assert_eq!(
+        replayed,
+        [b.to_string(), c.to_string()],
+        "missed charges, oldest first; not the one seen, not other jobs"
+    );
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server).await.expect("server stops").unwrap();
+}
