@@ -29,12 +29,12 @@
 //!
 //! See the README for the tour, and `ARCHITECTURE.md` for how the pieces fit.
 
-pub use netscript_macros::job;
+pub use netscript_macros::{job, scheduled};
 pub use netscript_runtime::runtime::{EnqueueError, Providers, Receipt};
 pub use netscript_runtime::{
     Backoff, CancellationToken, EnqueueJob, EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, JobContext,
     JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, Runtime, RuntimeBuilder,
-    StartupError, State, WorkersConfig, api, cli, config, cron, job as jobs, kv, queue, store, time, worker,
+    StartupError, State, WorkersConfig, api, cli, config, cron, job as jobs, kv, queue, scheduler, store, time, worker,
 };
 
 /// Runs the app: parses the command line (`serve`, `jobs`, `trigger`, `executions`, ...) and
@@ -48,7 +48,8 @@ pub async fn run() -> std::process::ExitCode {
 
 /// What a job file needs: `use netscript::prelude::*;`.
 pub mod prelude {
-    pub use crate::job;
+    pub use crate::{job, scheduled};
+    pub use netscript_runtime::scheduler::{Action, ScheduledTick};
     pub use netscript_runtime::{Backoff, EnqueueJob, JobContext, JobError, JobErrorKind, JobResult, Runtime, State};
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};

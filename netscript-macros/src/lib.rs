@@ -3,12 +3,13 @@
 //! `::netscript::__private`, so it only compiles where `netscript` is a dependency.
 //!
 //! Each macro parses its arguments, validates them (literals included: ids, durations,
-//! backoff policies) and then generates code, in separate steps. Every problem found is
+//! backoff policies, cron expressions, timezones) and then generates code, in separate steps. Every problem found is
 //! reported at the token that causes it, all of them at once.
 
 mod duration;
 mod errors;
 mod job;
+mod scheduled;
 
 use proc_macro::TokenStream;
 
@@ -73,4 +74,47 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn job(args: TokenStream, item: TokenStream) -> TokenStream {
     job::expand(args.into(), item.into()).into()
+}
+
+/// Fires an `async fn` on a cron schedule; it returns the actions to carry out, such as
+/// enqueueing a job through its typed handle.
+///
+/// ```ignore
+/// use netscript::prelude::*;
+///
+/// /// Re-imports the catalogue every morning.
+/// #[scheduled(id = "daily-resync", cron = "0 6 * * *", timezone = "UTC", tags = ["resync"])]
+/// async fn daily_resync(tick: ScheduledTick) -> Vec<Action> {
+///     vec![import_products::enqueue(ImportProducts::full()).into()]
+/// }
+/// ```
+///
+/// # Arguments
+///
+/// | argument | value | default |
+/// |---|---|---|
+/// | `id` | kebab-case string, unique in the binary | required |
+/// | `cron` | a cron expression: 5 fields (`minute hour day-of-month month day-of-week`), 6 with a leading second, or `@daily` and the like (see `netscript::cron`) | required |
+/// | `timezone` | an IANA timezone name (`Europe/Berlin`) | `"UTC"` |
+/// | `description` | string | the function's `///` doc comment, or `""` |
+/// | `tags` | array of non-empty strings | `[]` |
+///
+/// The expression and the timezone are checked at compile time, with the error at the
+/// literal.
+///
+/// # Signature
+///
+/// `async fn name(tick: ScheduledTick) -> Vec<Action>` (the tick is optional), or returning
+/// `JobResult<Vec<Action>>`: an error is retried with the schedule's backoff.
+///
+/// # What it generates
+///
+/// The function, unchanged, and a `ScheduleDescriptor` registered at link time in
+/// `SCHEDULES`: the workers (`serve`, `worker`) fire it. The enqueues of one tick carry the
+/// idempotency key `schedule:<id>:<tick>`, so several processes enqueue each tick once. Two
+/// schedules of one crate with the same id do not compile; across crates, the runtime refuses
+/// to start and names both.
+#[proc_macro_attribute]
+pub fn scheduled(args: TokenStream, item: TokenStream) -> TokenStream {
+    scheduled::expand(args.into(), item.into()).into()
 }

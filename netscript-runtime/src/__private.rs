@@ -1,4 +1,4 @@
-//! Items used by code that `#[job]` generates. Not a public API: names and signatures here
+//! Items used by code that `#[job]` and `#[scheduled]` generate. Not a public API: names and signatures here
 //! change without notice. Generated code reaches them as `::netscript::__private::...`.
 
 use serde::Serialize;
@@ -8,6 +8,7 @@ pub use crate::job::{
     Backoff, EnqueueJob, FromStateMap, HandlerFuture, JOBS, JobContext, JobDescriptor, JobError, Location, PayloadSpec,
     StateMap, StateSpec,
 };
+pub use crate::scheduler::{Action, SCHEDULES, ScheduleDescriptor, ScheduleFuture, ScheduledTick};
 pub use linkme;
 pub use schemars;
 pub use serde;
@@ -73,3 +74,29 @@ pub fn assert_payload_schema<P: schemars::JsonSchema>() {}
 
 /// Compile-time check of a job's return type.
 pub fn assert_job_return<R: JobReturn>() {}
+
+/// The return type of a `#[scheduled]` function: `Vec<Action>` or `JobResult<Vec<Action>>`.
+#[diagnostic::on_unimplemented(
+    message = "a scheduled function must return `Vec<Action>` or `JobResult<Vec<Action>>`; found `{Self}`",
+    label = "not `Vec<Action>` or `JobResult<Vec<Action>>`",
+    note = "return the actions to carry out, e.g. `vec![my_job::enqueue(payload).into()]`, or `vec![]` for none"
+)]
+pub trait ScheduleReturn {
+    /// The actions, or the error.
+    fn into_actions(self) -> Result<Vec<Action>, JobError>;
+}
+
+impl ScheduleReturn for Vec<Action> {
+    fn into_actions(self) -> Result<Vec<Action>, JobError> {
+        Ok(self)
+    }
+}
+
+impl ScheduleReturn for Result<Vec<Action>, JobError> {
+    fn into_actions(self) -> Result<Vec<Action>, JobError> {
+        self
+    }
+}
+
+/// Compile-time check of a scheduled function's return type.
+pub fn assert_schedule_return<R: ScheduleReturn>() {}

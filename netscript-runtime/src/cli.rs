@@ -65,6 +65,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the registered schedules with their next fire times.
+    Schedules {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Enqueue a job.
     Trigger {
         /// The job's id.
@@ -226,6 +232,7 @@ async fn execute(rt: &Runtime, command: Command) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Schedules { json } => print_schedules(rt, json),
         Command::Trigger { id, payload, idempotency_key, priority, delay, wait, timeout } => {
             let payload = match payload.as_deref() {
                 None => serde_json::Value::Null,
@@ -392,4 +399,23 @@ fn print_table(records: &[ExecutionRecord]) {
             outcome
         );
     }
+}
+
+/// `schedules`: each registered schedule, its expression, timezone and next fire times.
+fn print_schedules(rt: &Runtime, json: bool) -> Result<ExitCode, String> {
+    let now = rt.clock().now();
+    let schedules: Vec<_> = rt.schedules().iter().filter_map(|s| crate::scheduler::ScheduleInfo::of(s, now)).collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&schedules).map_err(|e| e.to_string())?);
+    } else if schedules.is_empty() {
+        println!("no schedules are registered in this binary");
+    } else {
+        println!("{:<28} {:<20} {:<20} NEXT FIRE TIMES (UTC)", "ID", "EXPRESSION", "TIMEZONE");
+        for s in schedules {
+            let next: Vec<String> =
+                s.next_fire_times.iter().map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).collect();
+            println!("{:<28} {:<20} {:<20} {}", s.id, s.expression, s.timezone, next.join(", "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -10,19 +10,23 @@
 //! Each concept has its own module: [`job`] (what a job is), [`queue`] (the queue contract and
 //! its backends), [`kv`] (the key-value contract and its backends), [`store`] (execution
 //! records and their change feed), [`worker`] (dispatcher, retry policy, runners), [`api`]
-//! (the HTTP API), [`cron`] (cron expressions and next fire times), [`config`], [`cli`] and
+//! (the HTTP API), [`cron`] (cron expressions and next fire times), [`scheduler`] (fires cron
+//! schedules and enqueues what they ask for), [`config`], [`cli`] and
 //! [`runtime`] (the builder that wires it together).
 
 pub mod api;
 pub mod cli;
 pub mod config;
-pub mod cron;
+/// Cron expressions, timezones and next fire times: the `netscript-cron` crate, which the
+/// macros also use to check expressions at compile time.
+pub use netscript_cron as cron;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod job;
 pub mod kv;
 pub mod queue;
 pub mod runtime;
+pub mod scheduler;
 pub mod store;
 pub mod time;
 pub mod worker;

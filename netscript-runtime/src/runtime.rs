@@ -20,6 +20,9 @@ use crate::config::{ConfigError, QueueProvider, WorkersConfig};
 use crate::job::{EnqueueJob, EnqueueOptions, JobDescriptor, Registry, RegistryError, StateMap};
 use crate::kv::Kv;
 use crate::queue::{Enqueued, MessageId, NewMessage, Queue, QueueError};
+use crate::scheduler::{
+    Clock, SCHEDULES, ScheduleDescriptor, ScheduleSetError, Scheduler, SchedulerError, SystemClock, check_schedules,
+};
 use crate::store::{ExecutionId, ExecutionRecord, ExecutionStatus, ExecutionStore, StoreError};
 use crate::time::Timestamp;
 use crate::worker::{Dispatcher, DispatcherOptions, WorkerReport};
@@ -33,6 +36,9 @@ pub enum StartupError {
     /// The registered jobs are inconsistent (duplicate id, missing state).
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The registered schedules are inconsistent (duplicate id, invalid expression).
+    #[error(transparent)]
+    Schedules(#[from] ScheduleSetError),
     /// A backend could not be opened; the message names what (for the embedded store, the
     /// file).
     #[error("{message}")]
@@ -104,6 +110,10 @@ struct Inner {
     providers: Providers,
     /// Fired when a `serve` begins shutting down: long-lived responses (event streams) end.
     stopping: CancellationToken,
+    /// The schedules the workers fire, sorted by id.
+    schedules: Vec<&'static ScheduleDescriptor>,
+    /// The scheduler's clock.
+    clock: Arc<dyn Clock>,
 }
 
 /// A configured job system. Cheap to clone.
@@ -129,6 +139,8 @@ pub struct RuntimeBuilder {
     queue: Option<Arc<dyn Queue>>,
     kv: Option<Arc<dyn Kv>>,
     use_env: bool,
+    schedules: Option<Vec<&'static ScheduleDescriptor>>,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl Default for RuntimeBuilder {
@@ -140,6 +152,8 @@ impl Default for RuntimeBuilder {
             queue: None,
             kv: None,
             use_env: true,
+            schedules: None,
+            clock: None,
         }
     }
 }
@@ -199,6 +213,19 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Uses these schedules instead of the ones registered with `#[scheduled]` in the binary
+    /// (an empty list: the workers fire no schedules).
+    pub fn schedules(mut self, schedules: Vec<&'static ScheduleDescriptor>) -> Self {
+        self.schedules = Some(schedules);
+        self
+    }
+
+    /// The clock the scheduler reads (a `ManualClock` in tests); the system clock by default.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
     /// Ignore the environment (`WORKERS_CONCURRENCY`, `NETSCRIPT_*`): the configuration is
     /// exactly what the code says. Tests use this.
     pub fn ignore_env(mut self) -> Self {
@@ -226,6 +253,7 @@ impl RuntimeBuilder {
             None => Registry::linked()?,
         };
         registry.check_states(&self.states)?;
+        let schedules = check_schedules(self.schedules.take().unwrap_or_else(|| SCHEDULES.iter().collect()))?;
         let (queue, kv, reason) = open_backends(&self.config, self.queue.take(), self.kv.take())?;
         let providers = Providers { queue: queue.provider(), kv: kv.provider(), reason };
         tracing::info!(queue = providers.queue, kv = providers.kv, reason = %providers.reason, jobs = registry.len(), "runtime ready");
@@ -238,6 +266,8 @@ impl RuntimeBuilder {
                 queue,
                 providers,
                 stopping: CancellationToken::new(),
+                schedules,
+                clock: self.clock.take().unwrap_or_else(|| Arc::new(SystemClock)),
             }),
         })
     }
@@ -486,8 +516,48 @@ impl Runtime {
         Ok(receipts)
     }
 
-    /// Runs workers until `stop` fires, then drains (see [`Dispatcher::run`]).
+    /// The schedules registered with `#[scheduled]` (or given to the builder), by id.
+    pub fn schedules(&self) -> &[&'static ScheduleDescriptor] {
+        &self.inner.schedules
+    }
+
+    /// The clock the scheduler reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// A scheduler on this runtime's clock, firing every registered schedule. The workers
+    /// start one of these; call [`Scheduler::stop`] when done.
+    pub async fn start_scheduler(&self) -> Result<Scheduler, SchedulerError> {
+        let scheduler = Scheduler::with_clock(self.clone(), Arc::clone(&self.inner.clock));
+        scheduler.schedule_all(self.inner.schedules.clone()).await?;
+        Ok(scheduler)
+    }
+
+    /// Runs workers, and the scheduler when schedules are registered, until `stop` fires;
+    /// then stops the scheduler and drains the workers (see [`Dispatcher::run`]).
     pub async fn run_workers(&self, stop: CancellationToken) -> WorkerReport {
+        let scheduler = match self.inner.schedules.is_empty() {
+            true => None,
+            false => match self.start_scheduler().await {
+                Ok(scheduler) => {
+                    tracing::info!(schedules = self.inner.schedules.len(), "scheduler started");
+                    Some(scheduler)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the scheduler could not start; workers run without it");
+                    None
+                }
+            },
+        };
+        let report = self.run_dispatcher(stop).await;
+        if let Some(scheduler) = scheduler {
+            scheduler.stop().await;
+        }
+        report
+    }
+
+    async fn run_dispatcher(&self, stop: CancellationToken) -> WorkerReport {
         let c = &self.inner.config;
         let options = DispatcherOptions {
             concurrency: c.concurrency,

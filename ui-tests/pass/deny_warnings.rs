@@ -70,6 +70,18 @@ pub mod billing {
     pub fn invoice_seven() -> EnqueueJob<Invoice> {
         send_invoice::enqueue(Invoice { number: 7 }).priority(1)
     }
+
+    /// Sends invoice 7 every morning, Berlin time.
+    #[scheduled(id = "morning-invoice", cron = "0 7 * * MON-FRI", timezone = "Europe/Berlin", tags = ["billing"])]
+    async fn morning_invoice(_tick: ScheduledTick) -> Vec<Action> {
+        vec![invoice_seven().into()]
+    }
+
+    /// Never fails, but could.
+    #[scheduled(id = "fallible", cron = "@hourly")]
+    pub async fn fallible() -> JobResult<Vec<Action>> {
+        Ok(Vec::new())
+    }
 }
 
 fn main() {
@@ -77,4 +89,5 @@ fn main() {
     assert_eq!(billing::invoice_seven().job_id(), "send-invoice");
     let registry = netscript::Registry::linked().expect("distinct ids");
     assert_eq!(registry.len(), 4);
+    assert_eq!(netscript::scheduler::SCHEDULES.len(), 2);
 }

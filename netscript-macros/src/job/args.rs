@@ -233,7 +233,7 @@ fn unknown_argument(path: &Path) -> syn::Error {
 }
 
 /// Consumes the value of an unknown argument, whatever its shape, so parsing can go on.
-fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
+pub(crate) fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
     if meta.input.peek(Token![=]) {
         meta.value()?.parse::<Expr>()?;
     } else if meta.input.peek(syn::token::Paren) {
@@ -244,7 +244,7 @@ fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
     Ok(())
 }
 
-fn expect_str(value: &Expr, name: &str, example: &str) -> syn::Result<LitStr> {
+pub(crate) fn expect_str(value: &Expr, name: &str, example: &str) -> syn::Result<LitStr> {
     match value {
         Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }) => Ok(lit.clone()),
         _ => Err(syn::Error::new_spanned(value, format!("`{name}` takes a string literal, like `{example}`"))),
@@ -258,7 +258,7 @@ fn expect_int(value: &Expr, name: &str, example: &str) -> syn::Result<LitInt> {
     }
 }
 
-fn expect_str_array(value: &Expr, example: &str) -> syn::Result<Vec<LitStr>> {
+pub(crate) fn expect_str_array(value: &Expr, example: &str) -> syn::Result<Vec<LitStr>> {
     let Expr::Array(array) = value else {
         return Err(syn::Error::new_spanned(value, format!("`tags` takes an array of strings, like `{example}`")));
     };
@@ -321,7 +321,7 @@ fn words_joined_by(s: &str, separators: &[char]) -> bool {
 
 /// The kebab-case spelling of an identifier-like string (`ProcessPayment`,
 /// `process_payment`, `Process Payment` → `process-payment`), if it has one that differs.
-fn kebab_suggestion(s: &str) -> Option<String> {
+pub(crate) fn kebab_suggestion(s: &str) -> Option<String> {
     let mut out = String::new();
     let mut prev: Option<char> = None;
     for c in s.chars() {
@@ -362,7 +362,7 @@ fn parse_backoff(text: &str) -> Result<Backoff, String> {
 
 /// A function's `///` comment: lines joined with `\n`, each without the one space after
 /// `///`, the whole trimmed. `#[doc = include_str!(..)]` and other non-literals are skipped.
-fn doc_comment(attrs: &[syn::Attribute]) -> String {
+pub(crate) fn doc_comment(attrs: &[syn::Attribute]) -> String {
     let lines: Vec<String> = attrs
         .iter()
         .filter(|attr| attr.path().is_ident("doc"))
@@ -381,7 +381,7 @@ fn doc_comment(attrs: &[syn::Attribute]) -> String {
 }
 
 /// The known name closest to `written`, when it is a plausible typo.
-fn closest<'a>(written: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(written: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     known
         .map(|name| (edit_distance(written, name), name))
         .filter(|&(distance, name)| distance <= name.len().max(3) / 3)

@@ -1,7 +1,7 @@
 //! `#[job]`: parse the arguments ([`args`]), classify the signature ([`signature`]), then
 //! generate the handle and the registration ([`expand`]).
 
-mod args;
+pub(crate) mod args;
 mod expand;
 mod signature;
 

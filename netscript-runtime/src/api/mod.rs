@@ -12,6 +12,7 @@
 //! | `POST /api/v1/workers/dead-letters/redrive` | put them all back |
 //! | `GET /api/v1/workers/queue` | queue counts: ready, delayed, leased, dead |
 //! | `GET /api/v1/workers/subscribe?job=&execution=` | execution changes as server-sent events |
+//! | `GET /api/v1/workers/schedules` | registered schedules: expression, timezone, next five fire times |
 //! | `GET /api/v1/openapi.json` | OpenAPI 3.1, each job's trigger body typed by its schema |
 //!
 //! Errors are JSON `{ "error": { "code", "message" } }` with the matching status, for
@@ -23,6 +24,7 @@ mod auth;
 mod error;
 pub mod openapi;
 mod routes;
+mod schedules;
 mod sse;
 
 use axum::Router;
@@ -48,6 +50,7 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/api/v1/workers/dead-letters/{id}/redrive", post(routes::redrive))
         .route("/api/v1/workers/queue", get(routes::queue_stats))
         .route("/api/v1/workers/subscribe", get(sse::subscribe))
+        .route("/api/v1/workers/schedules", get(schedules::list_schedules))
         .route("/api/v1/openapi.json", get(routes::openapi))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

@@ -143,6 +143,23 @@ pub fn document(rt: &Runtime) -> Value {
             }
         } }),
     );
+    paths.insert(
+        "/api/v1/workers/schedules".into(),
+        json!({ "get": {
+            "operationId": "listSchedules", "summary": "Registered schedules with their next five fire times",
+            "responses": {
+                "200": { "description": "The schedules", "content": { "application/json": { "schema": { "type": "array", "items": {
+                    "type": "object", "required": ["id", "expression", "timezone", "nextFireTimes"], "properties": {
+                        "id": { "type": "string" }, "expression": { "type": "string" }, "timezone": { "type": "string" },
+                        "enabled": { "type": "boolean" },
+                        "nextFireTimes": { "type": "array", "items": { "type": "string", "format": "date-time" } },
+                        "missed": { "type": "string" }, "description": { "type": ["string", "null"] },
+                        "tags": { "type": "array", "items": { "type": "string" } },
+                        "metadata": { "type": "object", "additionalProperties": { "type": "string" } } } } } } } },
+                "401": error_response("Missing or wrong token")
+            }
+        } }),
+    );
     paths.insert("/api/v1/workers/subscribe".into(), json!({ "get": {
         "operationId": "subscribe", "summary": "Execution changes as server-sent events",
         "parameters": [

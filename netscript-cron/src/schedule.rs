@@ -11,14 +11,14 @@ use super::{CronError, CronExpression, parse_cron_expression};
 /// UTC. The [module docs](super) give the daylight-saving rules.
 ///
 /// ```
-/// use netscript_runtime::cron::{CronSchedule, DateTime, Utc};
+/// use netscript_cron::{CronSchedule, DateTime, Utc};
 ///
 /// let schedule = CronSchedule::parse("30 2 * * *", "America/New_York")?;
 /// // 2025-03-09 is the spring-forward day: 02:30 does not exist, so it fires at 03:00 EDT.
 /// let from: DateTime<Utc> = "2025-03-08T12:00:00Z".parse().unwrap();
 /// let times: Vec<String> = schedule.upcoming(from, 2).iter().map(|t| t.to_rfc3339()).collect();
 /// assert_eq!(times, ["2025-03-09T07:00:00+00:00", "2025-03-10T06:30:00+00:00"]);
-/// # Ok::<(), netscript_runtime::cron::CronError>(())
+/// # Ok::<(), netscript_cron::CronError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CronSchedule {
@@ -84,7 +84,7 @@ impl fmt::Display for CronSchedule {
 /// `"UTC"`).
 ///
 /// ```
-/// use netscript_runtime::cron::{CronError, parse_timezone};
+/// use netscript_cron::{CronError, parse_timezone};
 ///
 /// assert!(parse_timezone("Australia/Lord_Howe").is_ok());
 /// assert!(matches!(parse_timezone("Mars/Olympus"), Err(CronError::Timezone { .. })));

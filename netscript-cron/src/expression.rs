@@ -60,7 +60,7 @@ impl FromStr for CronExpression {
 /// Parses and validates a cron expression; the error names the field and the reason.
 ///
 /// ```
-/// use netscript_runtime::cron::{CronError, parse_cron_expression};
+/// use netscript_cron::{CronError, parse_cron_expression};
 ///
 /// assert!(parse_cron_expression("*/15 9-17 * * MON-FRI").is_ok());
 /// assert_eq!(
@@ -101,7 +101,7 @@ pub fn parse_cron_expression(expression: &str) -> Result<CronExpression, CronErr
 /// Whether `expression` is a valid cron expression (see [`parse_cron_expression`]).
 ///
 /// ```
-/// use netscript_runtime::cron::is_valid_cron_expression;
+/// use netscript_cron::is_valid_cron_expression;
 ///
 /// assert!(is_valid_cron_expression("@daily"));
 /// assert!(!is_valid_cron_expression("60 * * * *"));

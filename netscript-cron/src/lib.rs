@@ -1,6 +1,7 @@
-//! Cron expressions, timezones and next-fire-time computation.
+//! Cron expressions, timezones and next-fire-time computation for NetScript (re-exported as
+//! `netscript::cron`; the `#[scheduled]` macro uses it to check expressions at compile time).
 //!
-//! This module turns a cron expression and an IANA timezone into fire times: it parses and
+//! This crate turns a cron expression and an IANA timezone into fire times: it parses and
 //! validates expressions ([`parse_cron_expression`], [`is_valid_cron_expression`]), names
 //! common ones ([`presets`]) and computes when a [`CronSchedule`] fires next
 //! ([`CronSchedule::next_after`], [`CronSchedule::upcoming`]). It is not a scheduler: nothing
@@ -8,13 +9,13 @@
 //! on it.
 //!
 //! ```
-//! use netscript_runtime::cron::{CronSchedule, DateTime, Utc};
+//! use netscript_cron::{CronSchedule, DateTime, Utc};
 //!
 //! let schedule = CronSchedule::parse("0 9 * * MON-FRI", "Europe/Berlin")?;
 //! let after: DateTime<Utc> = "2025-01-03T12:00:00Z".parse().unwrap(); // a Friday
 //! let next = schedule.next_after(after).unwrap();
 //! assert_eq!(next.to_rfc3339(), "2025-01-06T08:00:00+00:00"); // Monday 09:00 in Berlin (UTC+1)
-//! # Ok::<(), netscript_runtime::cron::CronError>(())
+//! # Ok::<(), netscript_cron::CronError>(())
 //! ```
 //!
 //! # Expressions

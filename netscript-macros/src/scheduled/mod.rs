@@ -1,0 +1,122 @@
+//! `#[scheduled]`: parse and check the arguments ([`args`], the cron expression and the
+//! timezone included), check the signature, then generate the registration ([`expand`]).
+
+mod args;
+mod expand;
+
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::spanned::Spanned;
+
+use crate::errors::Errors;
+
+/// Expands `#[scheduled(args)] item`. On any error the function is emitted unchanged beside
+/// the errors, so one mistake is reported once.
+pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let func: syn::ItemFn = match syn::parse2(item.clone()) {
+        Ok(func) => func,
+        Err(_) => {
+            let error = syn::Error::new(proc_macro2::Span::call_site(), "`#[scheduled]` goes on an `async fn`");
+            let error = error.to_compile_error();
+            return quote!(#error #item);
+        }
+    };
+    let mut errors = Errors::default();
+    let args = args::ScheduleArgs::parse(args, &mut errors);
+    let config = args.validate(&func, &mut errors);
+    let sig = check_signature(&func.sig, &mut errors);
+    match (errors.finish(), config, sig) {
+        (Ok(()), Some(config), Some(sig)) => expand::schedule(&func, &config, &sig),
+        (result, _, _) => {
+            let error = result.err().map(|e| e.to_compile_error());
+            quote!(#func #error)
+        }
+    }
+}
+
+/// What the signature says: whether the function takes the tick, and its return type.
+pub(crate) struct ScheduleSignature {
+    /// The type of the tick parameter, if the function takes one.
+    pub(crate) tick: Option<syn::Type>,
+    /// The return type.
+    pub(crate) output: syn::Type,
+}
+
+const SHAPE: &str = "expected `async fn name(tick: ScheduledTick) -> Vec<Action>` (or `-> JobResult<Vec<Action>>`)";
+
+/// A scheduled function is a plain `async fn` taking the tick (or nothing) and returning the
+/// actions.
+fn check_signature(sig: &syn::Signature, errors: &mut Errors) -> Option<ScheduleSignature> {
+    let mut ok = true;
+    let mut fail = |error: syn::Error| {
+        errors.push(error);
+        ok = false;
+    };
+    if sig.asyncness.is_none() {
+        fail(syn::Error::new_spanned(sig.fn_token, format!("a scheduled function must be `async`: {SHAPE}")));
+    }
+    if let Some(token) = sig.constness.as_ref().map(|c| c.span()).or(sig.unsafety.as_ref().map(|u| u.span())) {
+        fail(syn::Error::new(token, "a scheduled function cannot be `const` or `unsafe`"));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        fail(syn::Error::new_spanned(&sig.generics, "a scheduled function cannot be generic"));
+    }
+    let mut tick = None;
+    for (i, input) in sig.inputs.iter().enumerate() {
+        match input {
+            syn::FnArg::Receiver(receiver) => {
+                fail(syn::Error::new_spanned(receiver, "a scheduled function cannot take `self`"));
+            }
+            syn::FnArg::Typed(_) if i > 0 => {
+                fail(syn::Error::new_spanned(input, format!("a scheduled function takes only the tick: {SHAPE}")));
+            }
+            syn::FnArg::Typed(pat) => tick = Some((*pat.ty).clone()),
+        }
+    }
+    let output = match &sig.output {
+        syn::ReturnType::Type(_, ty) => Some((**ty).clone()),
+        syn::ReturnType::Default => {
+            fail(syn::Error::new_spanned(&sig.ident, format!("a scheduled function returns its actions: {SHAPE}")));
+            None
+        }
+    };
+    if ok { output.map(|output| ScheduleSignature { tick, output }) } else { None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(args: &str, item: &str) -> String {
+        let args: TokenStream = args.parse().expect("valid tokens");
+        let item: TokenStream = item.parse().expect("valid tokens");
+        expand(args, item).to_string().replace(' ', "")
+    }
+
+    const SCHEDULE: &str = "async fn daily(tick: ScheduledTick) -> Vec<Action> { vec![] }";
+
+    #[test]
+    fn a_valid_schedule_is_registered() {
+        let out = expand_str(r#"id = "daily-resync", cron = "0 6 * * *", timezone = "Europe/Berlin""#, SCHEDULE);
+        assert!(out.contains("distributed_slice(::netscript::__private::SCHEDULES)"), "{out}");
+        assert!(out.contains(r#"cron:"0 6 * * *""#.replace(' ', "").as_str()), "{out}");
+        assert!(out.contains(r#"timezone:"Europe/Berlin""#), "{out}");
+        assert!(out.contains("macro_rules!netscript_schedule_id_daily_resync"), "{out}");
+        assert!(!out.contains("compile_error"), "{out}");
+    }
+
+    #[test]
+    fn the_timezone_defaults_to_utc() {
+        let out = expand_str(r#"id = "daily-resync", cron = "@daily""#, SCHEDULE);
+        assert!(out.contains(r#"timezone:"UTC""#), "{out}");
+    }
+
+    #[test]
+    fn all_errors_are_reported_together_and_the_function_is_kept() {
+        let out = expand_str(r#"cron = "0 25 * * *", timezone = "Mars/Olympus", every = "day""#, "fn daily() {}");
+        // missing id, bad cron, bad timezone, unknown argument, not async, no return type
+        assert_eq!(out.matches("compile_error").count(), 6, "{out}");
+        assert!(out.contains("fndaily(){}"), "{out}");
+        assert!(!out.contains("distributed_slice"), "{out}");
+    }
+}
