@@ -276,6 +276,28 @@ async fn queue_retry_with_delay_and_error(q: Arc<dyn Queue>) {
     assert_eq!(third.last_error.as_deref(), Some("bang"));
 }
 
+async fn queue_cancel_removes_waiting_messages_only(q: Arc<dyn Queue>) {
+    use netscript_runtime::queue::Cancelled;
+    let ready = msg("t", "ready").with_idempotency_key("k-ready");
+    let delayed = msg("t", "delayed").with_delay(Duration::from_secs(60));
+    let (ready_id, delayed_id) = (ready.id, delayed.id);
+    q.enqueue(vec![ready, delayed, msg("t", "leased")]).await.unwrap();
+    assert_eq!(q.cancel(ready_id).await.unwrap(), Cancelled::Removed);
+    assert_eq!(q.cancel(delayed_id).await.unwrap(), Cancelled::Removed);
+    assert_eq!(q.cancel(ready_id).await.unwrap(), Cancelled::NotFound, "already gone");
+    let ds = claim(&q, 10).await;
+    assert_eq!(kinds(&ds), ["leased"], "cancelled messages are never delivered");
+    assert_eq!(q.cancel(ds[0].id).await.unwrap(), Cancelled::Leased, "a leased message stays with its holder");
+    assert_eq!(q.settle_one(Settlement::Ack(ds[0].lease)).await.unwrap(), Settled::Ok);
+    assert_eq!(q.cancel(ds[0].id).await.unwrap(), Cancelled::NotFound);
+    assert_eq!(q.cancel(netscript_runtime::queue::MessageId::new()).await.unwrap(), Cancelled::NotFound);
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.ready, s.delayed, s.leased), (0, 0, 0), "{s:?}");
+    // The idempotency key of a cancelled message is remembered, as after an ack.
+    let again = q.enqueue_one(msg("t", "ready").with_idempotency_key("k-ready")).await.unwrap();
+    assert_eq!(again, netscript_runtime::queue::Enqueued::Duplicate(ready_id));
+}
+
 async fn queue_dead_letter_and_redrive(q: Arc<dyn Queue>) {
     q.enqueue(vec![msg("t", "a"), msg("t", "b"), msg("t", "c")]).await.unwrap();
     let ds = claim(&q, 3).await;
@@ -708,6 +730,7 @@ macro_rules! conformance {
             }
 
             queue_case!(queue_priority_then_fifo);
+            queue_case!(queue_cancel_removes_waiting_messages_only);
             queue_case!(queue_delivery_carries_the_message);
             queue_case!(queue_delay_hides_then_shows);
             queue_case!(queue_idempotency_collapses);

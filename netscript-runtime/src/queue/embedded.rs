@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 
 use super::memory::DEFAULT_IDEMPOTENCY_WINDOW;
 use super::{
-    ClaimRequest, DeadLetter, Delivery, Enqueued, Lease, MessageId, NewMessage, Queue, QueueError, QueueStats, Settled,
+    Cancelled, ClaimRequest, DeadLetter, Delivery, Enqueued, Lease, MessageId, NewMessage, Queue, QueueError, QueueStats, Settled,
     Settlement,
 };
 use crate::embedded::{Counter, EmbeddedDb, EmbeddedError, OpError, Tx, wake};
@@ -592,6 +592,39 @@ impl Queue for EmbeddedQueue {
                     tx.after_commit(move || wake(&notify));
                 }
                 Ok(n > 0)
+            })
+            .await
+            .map_err(queue_error)
+    }
+
+    async fn cancel(&self, id: MessageId) -> Result<Cancelled, QueueError> {
+        let queue = Arc::clone(&self.name);
+        let window = self.idempotency_window;
+        self.db
+            .call(move |tx| {
+                let conn = tx.conn();
+                let removed: Option<Option<String>> = conn
+                    .prepare_cached(
+                        "DELETE FROM queue_messages WHERE id = ?1 AND queue = ?2 AND state IN (0, 1)
+                         RETURNING idempotency_key",
+                    )?
+                    .query_row(params![id.as_bytes(), &*queue], |r| r.get(0))
+                    .optional()?;
+                if let Some(key) = removed {
+                    if let Some(key) = key {
+                        conn.prepare_cached(
+                            "UPDATE queue_idempotency SET expires_at = ?4
+                             WHERE queue = ?1 AND key = ?2 AND message_id = ?3",
+                        )?
+                        .execute(params![&*queue, key, id.as_bytes(), millis(Timestamp::now().plus(window))])?;
+                    }
+                    return Ok(Cancelled::Removed);
+                }
+                let state: Option<i64> = conn
+                    .prepare_cached("SELECT state FROM queue_messages WHERE id = ?1 AND queue = ?2")?
+                    .query_row(params![id.as_bytes(), &*queue], |r| r.get(0))
+                    .optional()?;
+                Ok(if state == Some(2) { Cancelled::Leased } else { Cancelled::NotFound })
             })
             .await
             .map_err(queue_error)

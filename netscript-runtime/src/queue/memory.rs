@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    ClaimRequest, DeadLetter, Delivery, Enqueued, Lease, MessageId, NewMessage, Queue, QueueError, QueueStats, Settled,
+    Cancelled, ClaimRequest, DeadLetter, Delivery, Enqueued, Lease, MessageId, NewMessage, Queue, QueueError, QueueStats, Settled,
     Settlement,
 };
 use crate::time::Timestamp;
@@ -370,6 +370,24 @@ impl Queue for MemoryQueue {
         }
         self.wake();
         Ok(true)
+    }
+
+    async fn cancel(&self, id: MessageId) -> Result<Cancelled, QueueError> {
+        let now = Timestamp::now();
+        let mut st = self.lock();
+        let Some(stored) = st.messages.get(&id) else { return Ok(Cancelled::NotFound) };
+        match stored.place {
+            Place::Ready { seq } => {
+                let key = (Reverse(stored.message.priority), seq, id);
+                st.ready.remove(&key);
+            }
+            // Delayed entries are keyed by due time; a cancel is rare enough to scan for it.
+            Place::Delayed => st.delayed.retain(|&(_, _, i)| i != id),
+            Place::Leased { .. } => return Ok(Cancelled::Leased),
+            Place::Dead { .. } => return Ok(Cancelled::NotFound),
+        }
+        st.remove(id, now, self.idempotency_window);
+        Ok(Cancelled::Removed)
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {

@@ -260,6 +260,17 @@ pub enum Settled {
     Stale,
 }
 
+/// What [`Queue::cancel`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The message was waiting (ready or delayed) and is gone; it will not run.
+    Removed,
+    /// A worker holds it: the queue leaves it alone, and the caller must stop the run.
+    Leased,
+    /// No waiting or leased message has this id (it finished, is dead-lettered, or never was).
+    NotFound,
+}
+
 /// A message in the dead-letter store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -337,6 +348,10 @@ pub trait Queue: Send + Sync + 'static {
     /// Moves a dead letter back to the queue, claimable at once with its attempts reset.
     /// `false` if no dead letter has this id.
     async fn redrive(&self, id: MessageId) -> Result<bool, QueueError>;
+
+    /// Removes a waiting message so it never runs; leaves a leased one to its holder (see
+    /// [`Cancelled`]). An idempotency key it held is remembered as after an ack.
+    async fn cancel(&self, id: MessageId) -> Result<Cancelled, QueueError>;
 
     /// Counts.
     async fn stats(&self) -> Result<QueueStats, QueueError>;
