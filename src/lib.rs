@@ -30,7 +30,7 @@
 //! See the README for the tour, and `ARCHITECTURE.md` for how the pieces fit.
 
 pub use netscript_macros::{job, scheduled};
-pub use netscript_runtime::runtime::{EnqueueError, Providers, Receipt};
+pub use netscript_runtime::runtime::{CancelOutcome, EnqueueError, Providers, Receipt};
 pub use netscript_runtime::{
     Backoff, CancellationToken, EnqueueJob, EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, JobContext,
     JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, Runtime, RuntimeBuilder,

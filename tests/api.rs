@@ -490,3 +490,24 @@ async fn a_subscriber_reconnecting_with_last_event_id_gets_what_it_missed() {
     tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), server).await.expect("server stops").unwrap();
 }
+
+#[tokio::test]
+async fn executions_can_be_cancelled() {
+    let rt = runtime().await;
+    let id = rt
+        .enqueue(charge::enqueue(Charge { order_id: "later".into(), amount_cents: 1 }).delay(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .execution_id;
+    let uri = format!("/api/v1/workers/executions/{id}/cancel");
+    let (status, body) = call(&rt, Method::POST, &uri, "").await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::ACCEPTED, Some("cancelled")), "{body}");
+    let (_, record) = call(&rt, Method::GET, &format!("/api/v1/workers/executions/{id}"), "").await;
+    assert_eq!(record["status"], "cancelled");
+    let (status, body) = call(&rt, Method::POST, &uri, "").await;
+    assert_eq!((status, error_code(&body)), (StatusCode::CONFLICT, "already_finished"));
+    let (status, body) =
+        call(&rt, Method::POST, "/api/v1/workers/executions/0191f0a0-0000-7000-8000-000000000000/cancel", "").await;
+    assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "unknown_execution"));
+    assert_eq!(rt.queue().stats().await.unwrap().delayed, 0);
+}

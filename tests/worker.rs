@@ -160,6 +160,7 @@ on_each_backend!(
     shared_state_reaches_the_job,
     shutdown_gives_running_jobs_back,
     idempotency_keys_collapse_enqueues,
+    cancel_stops_waiting_and_running_executions,
 );
 
 async fn success_is_recorded_with_its_result(p: QueueProvider) {
@@ -331,6 +332,70 @@ async fn shutdown_gives_running_jobs_back(p: QueueProvider) {
         .unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!((d[0].id, d[0].attempt), (slow, 1));
+}
+
+/// Runs until cancelled, then says so.
+#[job(id = "until-cancelled", retries = 3, timeout = "1m")]
+async fn until_cancelled(ctx: JobContext) -> JobResult<()> {
+    ctx.cancellation().cancelled().await;
+    Err(JobError::retryable("stopped"))
+}
+
+async fn running(rt: &Runtime, id: netscript::ExecutionId) {
+    for _ in 0..500 {
+        if rt.store().get(id).await.unwrap().is_some_and(|r| r.status == ExecutionStatus::Running) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{id} never ran");
+}
+
+async fn cancel_stops_waiting_and_running_executions(p: QueueProvider) {
+    use netscript::CancelOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(p, dir.path()).await;
+    // Waiting: removed, never runs.
+    let later = rt.enqueue(add::enqueue(Add { a: 1, b: 1 }).delay(Duration::from_secs(60))).await.unwrap().execution_id;
+    assert_eq!(rt.cancel(later).await.unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(rt.store().get(later).await.unwrap().unwrap().status, ExecutionStatus::Cancelled);
+    // Running: the signal fires, the run ends as cancelled, not retried, message acked.
+    let w = start(&rt);
+    let long = rt.enqueue(until_cancelled::enqueue()).await.unwrap().execution_id;
+    running(&rt, long).await;
+    assert_eq!(rt.cancel(long).await.unwrap(), CancelOutcome::Cancelling);
+    let r = finish(&rt, long).await;
+    assert_eq!(r.status, ExecutionStatus::Cancelled, "{r:?}");
+    assert_eq!((r.attempt, r.error.as_deref()), (1, Some("cancelled on request")));
+    assert_eq!(rt.cancel(long).await.unwrap(), CancelOutcome::Finished(ExecutionStatus::Cancelled));
+    assert_eq!(rt.cancel(netscript::ExecutionId::new()).await.unwrap(), CancelOutcome::NotFound);
+    w.stop().await;
+    let stats = rt.queue().stats().await.unwrap();
+    assert_eq!((stats.ready, stats.delayed, stats.leased, stats.dead), (0, 0, 0, 0), "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_cancel_from_another_process_reaches_the_worker_at_its_heartbeat() {
+    use netscript::CancelOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Runtime::builder()
+            .ignore_env()
+            .provider(QueueProvider::Embedded)
+            .data_dir(dir.path())
+            .state(Greeter { greeting: "hi" })
+            .configure(|c| c.lease = Duration::from_millis(900))
+            .build()
+    };
+    let worker = open().await.unwrap();
+    let other = open().await.unwrap(); // like a CLI or an API process on the same store
+    let w = start(&worker);
+    let id = other.enqueue(until_cancelled::enqueue()).await.unwrap().execution_id;
+    running(&other, id).await;
+    assert_eq!(other.cancel(id).await.unwrap(), CancelOutcome::Cancelling);
+    let r = other.wait_for(id, Duration::from_secs(10)).await.unwrap().unwrap();
+    assert_eq!(r.status, ExecutionStatus::Cancelled, "{r:?}");
+    w.stop().await;
 }
 
 async fn idempotency_keys_collapse_enqueues(p: QueueProvider) {

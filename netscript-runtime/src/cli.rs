@@ -11,6 +11,7 @@
 //! app dead-letters [--limit N] [--json]                 dead letters with their last error
 //! app redrive ID | --all                                put dead letters back in the queue
 //! app stats                                             queue counts
+//! app cancel ID                                         cancel a waiting or running execution
 //! ```
 //!
 //! Exit codes: 0 success; 1 a failure (a refused enqueue, a job that ended dead or failed
@@ -23,7 +24,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::job::EnqueueOptions;
-use crate::runtime::{Runtime, RuntimeBuilder, shutdown_signal};
+use crate::runtime::{CancelOutcome, Runtime, RuntimeBuilder, shutdown_signal};
 use crate::store::{ExecutionFilter, ExecutionId, ExecutionRecord, ExecutionStatus};
 
 /// A NetScript app: durable background jobs.
@@ -135,6 +136,11 @@ pub enum Command {
     },
     /// Queue counts: ready, delayed, leased, dead.
     Stats,
+    /// Cancel a waiting or running execution.
+    Cancel {
+        /// The execution's id.
+        id: ExecutionId,
+    },
 }
 
 /// Installs a `tracing` subscriber printing to stderr (`RUST_LOG`, default `info`), unless
@@ -296,6 +302,18 @@ async fn execute(rt: &Runtime, command: Command) -> Result<ExitCode, String> {
                 Err(format!("no dead letter `{id}`"))
             }
         }
+        Command::Cancel { id } => match rt.cancel(id).await.map_err(|e| e.to_string())? {
+            CancelOutcome::Cancelled => {
+                println!("{id} cancelled: it will not run");
+                Ok(ExitCode::SUCCESS)
+            }
+            CancelOutcome::Cancelling => {
+                println!("{id} is running: its worker stops it and records it as cancelled");
+                Ok(ExitCode::SUCCESS)
+            }
+            CancelOutcome::Finished(status) => Err(format!("{id} already ended: {status}")),
+            CancelOutcome::NotFound => Err(format!("no execution `{id}`")),
+        },
         Command::Stats => {
             let stats = rt.queue().stats().await.map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?);

@@ -90,6 +90,24 @@ pub struct Receipt {
     pub duplicate: bool,
 }
 
+/// What [`Runtime::cancel`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "outcome", content = "status")]
+pub enum CancelOutcome {
+    /// It was waiting and will not run; its record says cancelled.
+    Cancelled,
+    /// A worker is running it: its cancellation signal fires (at once in this process, at
+    /// that worker's next heartbeat elsewhere), then it is recorded as cancelled.
+    Cancelling,
+    /// It had already ended with this status.
+    Finished(ExecutionStatus),
+    /// No such execution.
+    NotFound,
+}
+
+/// How long a cancel request for a running execution is kept for its worker to see.
+const CANCEL_REQUEST_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// Which backends the runtime uses, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Providers {
@@ -114,6 +132,8 @@ struct Inner {
     schedules: Vec<&'static ScheduleDescriptor>,
     /// The scheduler's clock.
     clock: Arc<dyn Clock>,
+    /// Cancel requests for this process's dispatchers.
+    cancels: tokio::sync::broadcast::Sender<ExecutionId>,
 }
 
 /// A configured job system. Cheap to clone.
@@ -266,6 +286,7 @@ impl RuntimeBuilder {
                 queue,
                 providers,
                 stopping: CancellationToken::new(),
+                cancels: tokio::sync::broadcast::channel(1024).0,
                 schedules,
                 clock: self.clock.take().unwrap_or_else(|| Arc::new(SystemClock)),
             }),
@@ -575,6 +596,7 @@ impl Runtime {
             Arc::clone(&self.inner.states),
             options,
         )
+        .with_cancel_requests(self.inner.cancels.subscribe())
         .run(stop)
         .await;
         tracing::info!(started = report.started, abandoned = report.abandoned, "workers stopped");
@@ -627,6 +649,41 @@ impl Runtime {
         match workers {
             Some(handle) => handle.await.unwrap_or_default(),
             None => WorkerReport::default(),
+        }
+    }
+
+    /// Cancels an execution: a waiting one is removed from the queue; a running one gets its
+    /// cancellation signal and ends as cancelled (never retried). See [`CancelOutcome`].
+    pub async fn cancel(&self, id: ExecutionId) -> Result<CancelOutcome, EnqueueError> {
+        match self.inner.queue.cancel(id).await? {
+            crate::queue::Cancelled::Removed => {
+                if let Some(mut record) = self.inner.store.get(id).await? {
+                    let now = Timestamp::now();
+                    record.status = ExecutionStatus::Cancelled;
+                    record.finished_at = Some(now);
+                    record.retry_at = None;
+                    record.updated_at = now;
+                    self.inner.store.put_many(vec![record]).await?;
+                }
+                Ok(CancelOutcome::Cancelled)
+            }
+            crate::queue::Cancelled::Leased => {
+                // Whichever process holds it sees this at its next heartbeat; this process's
+                // dispatchers hear it now.
+                let key = crate::kv::Key::from((crate::worker::CANCEL_PREFIX, id));
+                self.inner
+                    .store
+                    .kv()
+                    .set_with_ttl(key, Vec::new(), CANCEL_REQUEST_TTL)
+                    .await
+                    .map_err(|e| EnqueueError::Store(e.into()))?;
+                let _ = self.inner.cancels.send(id);
+                Ok(CancelOutcome::Cancelling)
+            }
+            crate::queue::Cancelled::NotFound => Ok(match self.inner.store.get(id).await? {
+                Some(record) => CancelOutcome::Finished(record.status),
+                None => CancelOutcome::NotFound,
+            }),
         }
     }
 

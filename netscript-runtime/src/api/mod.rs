@@ -7,6 +7,7 @@
 //! | `POST /api/v1/workers/jobs/{id}/trigger` | enqueue; 202 with the execution id |
 //! | `GET /api/v1/workers/executions?limit=&status=&job=&before=` | executions, newest first |
 //! | `GET /api/v1/workers/executions/{id}` | one execution |
+//! | `POST /api/v1/workers/executions/{id}/cancel` | cancel a waiting or running execution |
 //! | `GET /api/v1/workers/dead-letters?limit=` | dead letters, newest first, with their last error |
 //! | `POST /api/v1/workers/dead-letters/{id}/redrive` | put one back in the queue |
 //! | `POST /api/v1/workers/dead-letters/redrive` | put them all back |
@@ -45,6 +46,7 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/api/v1/workers/jobs/{id}/trigger", post(routes::trigger))
         .route("/api/v1/workers/executions", get(routes::list_executions))
         .route("/api/v1/workers/executions/{id}", get(routes::get_execution))
+        .route("/api/v1/workers/executions/{id}/cancel", post(routes::cancel_execution))
         .route("/api/v1/workers/dead-letters", get(routes::list_dead_letters))
         .route("/api/v1/workers/dead-letters/redrive", post(routes::redrive_all))
         .route("/api/v1/workers/dead-letters/{id}/redrive", post(routes::redrive))

@@ -92,6 +92,20 @@ pub fn document(rt: &Runtime) -> Value {
         }
     } }));
     paths.insert(
+        "/api/v1/workers/executions/{id}/cancel".into(),
+        json!({ "post": {
+            "operationId": "cancelExecution", "summary": "Cancel a waiting or running execution",
+            "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } } ],
+            "responses": {
+                "202": { "description": "Cancelled (it was waiting) or cancelling (a worker is stopping it)", "content": { "application/json": { "schema": { "type": "object", "properties": {
+                    "executionId": { "type": "string", "format": "uuid" }, "status": { "enum": ["cancelled", "cancelling"] } } } } } },
+                "401": error_response("Missing or wrong token"),
+                "404": error_response("No such execution"),
+                "409": error_response("The execution already ended")
+            }
+        } }),
+    );
+    paths.insert(
         "/api/v1/workers/dead-letters".into(),
         json!({ "get": {
             "operationId": "listDeadLetters", "summary": "Dead letters, newest first, with their last error",

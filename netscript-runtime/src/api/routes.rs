@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ApiError;
 use crate::job::{EnqueueOptions, JobDescriptor};
-use crate::runtime::Runtime;
+use crate::runtime::{CancelOutcome, Runtime};
 use crate::store::{ExecutionFilter, ExecutionId, ExecutionRecord, ExecutionStatus};
 
 pub(super) async fn health(State(rt): State<Runtime>) -> impl IntoResponse {
@@ -273,6 +273,27 @@ pub(super) async fn queue_stats(State(rt): State<Runtime>) -> Result<Json<crate:
 
 pub(super) async fn openapi(State(rt): State<Runtime>) -> Json<serde_json::Value> {
     Json(super::openapi::document(&rt))
+}
+
+pub(super) async fn cancel_execution(
+    State(rt): State<Runtime>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let missing = || ApiError::new(StatusCode::NOT_FOUND, "unknown_execution", format!("no execution `{id}`"));
+    let parsed: ExecutionId = id.parse().map_err(|_| missing())?;
+    let status = match rt.cancel(parsed).await? {
+        CancelOutcome::Cancelled => "cancelled",
+        CancelOutcome::Cancelling => "cancelling",
+        CancelOutcome::Finished(status) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_finished",
+                format!("execution `{parsed}` already ended: {status}"),
+            ));
+        }
+        CancelOutcome::NotFound => return Err(missing()),
+    };
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "executionId": parsed, "status": status }))))
 }
 
 pub(super) async fn not_found(uri: Uri) -> ApiError {

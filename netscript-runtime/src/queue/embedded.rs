@@ -24,8 +24,8 @@ use tokio::sync::Notify;
 
 use super::memory::DEFAULT_IDEMPOTENCY_WINDOW;
 use super::{
-    Cancelled, ClaimRequest, DeadLetter, Delivery, Enqueued, Lease, MessageId, NewMessage, Queue, QueueError, QueueStats, Settled,
-    Settlement,
+    Cancelled, ClaimRequest, DeadLetter, Delivery, Enqueued, Lease, MessageId, NewMessage, Queue, QueueError,
+    QueueStats, Settled, Settlement,
 };
 use crate::embedded::{Counter, EmbeddedDb, EmbeddedError, OpError, Tx, wake};
 use crate::time::Timestamp;
@@ -616,7 +616,12 @@ impl Queue for EmbeddedQueue {
                             "UPDATE queue_idempotency SET expires_at = ?4
                              WHERE queue = ?1 AND key = ?2 AND message_id = ?3",
                         )?
-                        .execute(params![&*queue, key, id.as_bytes(), millis(Timestamp::now().plus(window))])?;
+                        .execute(params![
+                            &*queue,
+                            key,
+                            id.as_bytes(),
+                            millis(Timestamp::now().plus(window))
+                        ])?;
                     }
                     return Ok(Cancelled::Removed);
                 }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    Cancelled, ClaimRequest, DeadLetter, Delivery, Enqueued, Lease, MessageId, NewMessage, Queue, QueueError, QueueStats, Settled,
-    Settlement,
+    Cancelled, ClaimRequest, DeadLetter, Delivery, Enqueued, Lease, MessageId, NewMessage, Queue, QueueError,
+    QueueStats, Settled, Settlement,
 };
 use crate::time::Timestamp;
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{Decision, decide};
@@ -91,6 +91,8 @@ struct Shared {
     claim_errors: AtomicU32,
     /// Moving average of attempt run time, in nanoseconds (0 until the first attempt).
     pace_ns: AtomicU64,
+    /// Executions asked to stop (`Runtime::cancel`) whose claim this dispatcher holds.
+    cancelled: Mutex<HashSet<MessageId>>,
 }
 
 impl Shared {
@@ -112,6 +114,20 @@ impl Shared {
         self.pace_ns.store(new.max(1), Ordering::Relaxed);
     }
 
+    /// Stops a claimed execution on request: it ends as cancelled, its message acked. `false`
+    /// when this dispatcher does not hold it.
+    fn cancel_claimed(&self, id: MessageId) -> bool {
+        let token = self.lock_in_flight().get(&id).map(|f| f.stop.clone());
+        let Some(token) = token else { return false };
+        self.cancelled.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+        token.cancel();
+        true
+    }
+
+    fn take_cancelled(&self, id: MessageId) -> bool {
+        self.cancelled.lock().unwrap_or_else(|e| e.into_inner()).remove(&id)
+    }
+
     fn lock_buffer(&self) -> std::sync::MutexGuard<'_, VecDeque<Delivery>> {
         self.buffer.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -124,6 +140,7 @@ pub struct Dispatcher {
     registry: Registry,
     states: Arc<StateMap>,
     options: DispatcherOptions,
+    cancels: Option<broadcast::Receiver<MessageId>>,
 }
 
 impl Dispatcher {
@@ -135,7 +152,14 @@ impl Dispatcher {
         states: Arc<StateMap>,
         options: DispatcherOptions,
     ) -> Self {
-        Self { queue, store, registry, states, options }
+        Self { queue, store, registry, states, options, cancels: None }
+    }
+
+    /// Stops the executions sent here at once, when this dispatcher holds them. Requests from
+    /// other processes arrive through the store (see [`CANCEL_PREFIX`]) at the next heartbeat.
+    pub fn with_cancel_requests(mut self, requests: broadcast::Receiver<MessageId>) -> Self {
+        self.cancels = Some(requests);
+        self
     }
 
     /// Runs until `stop` fires, then stops claiming, waits up to the shutdown timeout for
@@ -166,10 +190,25 @@ impl Dispatcher {
             started: AtomicU64::new(0),
             claim_errors: AtomicU32::new(0),
             pace_ns: AtomicU64::new(0),
+            cancelled: Mutex::new(HashSet::new()),
             options: self.options,
         });
         let concurrency = shared.options.concurrency.max(1);
         let heartbeat = tokio::spawn(heartbeat(Arc::clone(&shared)));
+        let listener = self.cancels.map(|mut requests| {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                loop {
+                    match requests.recv().await {
+                        Ok(id) => {
+                            shared.cancel_claimed(id);
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            })
+        });
         let mut slots: Vec<_> = (0..concurrency).map(|_| tokio::spawn(slot(Arc::clone(&shared)))).collect();
 
         stop.cancelled().await;
@@ -214,6 +253,9 @@ impl Dispatcher {
             tracing::error!(error = %e, "could not give back prefetched messages; their leases will lapse");
         }
         heartbeat.abort();
+        if let Some(listener) = listener {
+            listener.abort();
+        }
         // Every attempt has sent its end (see `run_one`); what a job's leaked context sends
         // after this has nowhere to go.
         shared.events.send(Event::Shutdown).await;
@@ -336,6 +378,19 @@ async fn run_one(shared: &Shared, d: Delivery) {
         stop.clone(),
         Arc::clone(&shared.sink) as _,
     );
+    if stop.is_cancelled() && shared.take_cancelled(d.id) {
+        // Cancelled while it waited in the prefetch buffer: never started.
+        shared.lock_in_flight().remove(&d.id);
+        shared
+            .events
+            .send(Event::Finished {
+                record: Box::new(record),
+                end: End::Cancelled,
+                settlement: Some(Settlement::Ack(d.lease)),
+            })
+            .await;
+        return;
+    }
     let timeout = job.timeout.unwrap_or(shared.options.default_timeout);
     let began = std::time::Instant::now();
     let run = shared.runner.run(job, ctx, &d.payload, &shared.states, timeout, &stop);
@@ -352,8 +407,12 @@ async fn run_one(shared: &Shared, d: Delivery) {
     shared.record_pace(began.elapsed());
     shared.lock_in_flight().remove(&d.id);
 
+    // A cancel request wins over however the run ended, unless it finished its work: a job
+    // that sees its signal usually returns an error at once, which must not be retried.
+    let cancelled = shared.take_cancelled(d.id);
     let (end, settlement) = match outcome {
         AttemptOutcome::Succeeded(value) => (End::Succeeded(value), Some(Settlement::Ack(d.lease))),
+        _ if cancelled => (End::Cancelled, Some(Settlement::Ack(d.lease))),
         AttemptOutcome::Abandoned if shared.abandon.is_cancelled() => {
             (End::Released, Some(Settlement::Release(d.lease)))
         }
@@ -412,6 +471,27 @@ async fn started_record(shared: &Shared, d: &Delivery, max_attempts: u32) -> Exe
     record
 }
 
+/// Key prefix of cancel requests in the key-value store: `("cancel", execution id)`, set by
+/// `Runtime::cancel` for a leased execution so that whichever process holds it stops it.
+pub const CANCEL_PREFIX: &str = "cancel";
+
+/// Stops held executions that were asked to stop from any process.
+async fn cancel_requested_in_store(shared: &Shared) {
+    let options = crate::kv::ListOptions::prefix(crate::kv::Key::from((CANCEL_PREFIX,))).limit(1000);
+    match shared.store.kv().list(options).await {
+        Ok(entries) => {
+            for entry in entries {
+                if let Some(crate::kv::KeyPart::Bytes(b)) = entry.key.parts().get(1)
+                    && let Ok(uuid) = uuid::Uuid::from_slice(b)
+                {
+                    shared.cancel_claimed(MessageId(uuid));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read cancel requests"),
+    }
+}
+
 /// Extends the leases of running attempts every third of the lease.
 async fn heartbeat(shared: Arc<Shared>) {
     let every = shared.options.lease / 3;
@@ -421,6 +501,7 @@ async fn heartbeat(shared: Arc<Shared>) {
         if leases.is_empty() {
             continue;
         }
+        cancel_requested_in_store(&shared).await;
         match shared.queue.extend(&leases, shared.options.lease).await {
             Ok(results) => {
                 for (lease, result) in leases.iter().zip(results) {

@@ -20,7 +20,8 @@ mod recorder;
 mod runner;
 
 pub use dispatcher::{
-    CORRELATION_HEADER, Dispatcher, DispatcherOptions, TRACEPARENT_HEADER, TRACESTATE_HEADER, WorkerReport,
+    CANCEL_PREFIX, CORRELATION_HEADER, Dispatcher, DispatcherOptions, TRACEPARENT_HEADER, TRACESTATE_HEADER,
+    WorkerReport,
 };
 pub use policy::{Decision, decide};
 pub use runner::{AttemptOutcome, InProcessRunner};

@@ -11,6 +11,9 @@ use crate::queue::{Queue, Settlement};
 use crate::store::{AttemptRecord, ExecutionId, ExecutionRecord, ExecutionStatus, ExecutionStore};
 use crate::time::Timestamp;
 
+/// The error recorded on an attempt stopped by `Runtime::cancel`.
+const CANCELLED: &str = "cancelled on request";
+
 /// Largest batch the recorder takes from its channel at once.
 const MAX_BATCH: usize = 2048;
 
@@ -44,6 +47,8 @@ pub(crate) enum End {
     Released,
     /// Lost to another worker (stale lease): record nothing, the new holder will.
     Lost,
+    /// Stopped on request (`Runtime::cancel`): not retried.
+    Cancelled,
 }
 
 /// The recorder shards: one batching task per shard, each owning the executions whose id
@@ -215,6 +220,13 @@ fn apply_end(r: &mut ExecutionRecord, end: End) -> bool {
             return true;
         }
         End::Lost => return false,
+        End::Cancelled => {
+            r.status = ExecutionStatus::Cancelled;
+            attempt.error = Some(CANCELLED.to_owned());
+            r.error = Some(CANCELLED.to_owned());
+            r.finished_at = Some(now);
+            r.retry_at = None;
+        }
     }
     r.attempts.push(attempt);
     r.updated_at = now;
