@@ -511,3 +511,18 @@ async fn executions_can_be_cancelled() {
     assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "unknown_execution"));
     assert_eq!(rt.queue().stats().await.unwrap().delayed, 0);
 }
+
+#[tokio::test]
+async fn topics_can_be_paused_and_resumed() {
+    let rt = runtime().await;
+    let (status, topics) = call(&rt, Method::GET, "/api/v1/workers/topics", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(topics.as_array().unwrap().contains(&json!({"topic": "payments", "paused": false})), "{topics}");
+    let (status, body) = call(&rt, Method::POST, "/api/v1/workers/topics/payments/pause", "").await;
+    assert_eq!((status, body["paused"].as_bool()), (StatusCode::OK, Some(true)));
+    let (_, topics) = call(&rt, Method::GET, "/api/v1/workers/topics", "").await;
+    assert!(topics.as_array().unwrap().contains(&json!({"topic": "payments", "paused": true})), "{topics}");
+    let (status, body) = call(&rt, Method::POST, "/api/v1/workers/topics/payments/resume", "").await;
+    assert_eq!((status, body["paused"].as_bool()), (StatusCode::OK, Some(false)));
+    assert!(rt.paused_topics().is_empty());
+}

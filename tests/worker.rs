@@ -161,6 +161,7 @@ on_each_backend!(
     shutdown_gives_running_jobs_back,
     idempotency_keys_collapse_enqueues,
     cancel_stops_waiting_and_running_executions,
+    a_paused_topic_is_not_claimed_until_resumed,
 );
 
 async fn success_is_recorded_with_its_result(p: QueueProvider) {
@@ -396,6 +397,59 @@ async fn a_cancel_from_another_process_reaches_the_worker_at_its_heartbeat() {
     let r = other.wait_for(id, Duration::from_secs(10)).await.unwrap().unwrap();
     assert_eq!(r.status, ExecutionStatus::Cancelled, "{r:?}");
     w.stop().await;
+}
+
+async fn a_paused_topic_is_not_claimed_until_resumed(p: QueueProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(p, dir.path()).await;
+    let w = start(&rt);
+    rt.pause_topic("default").await.unwrap();
+    let id = rt.enqueue(add::enqueue(Add { a: 2, b: 2 })).await.unwrap().execution_id;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rt.store().get(id).await.unwrap().unwrap().status, ExecutionStatus::Queued, "paused: not claimed");
+    assert_eq!(rt.queue().stats().await.unwrap().ready, 1);
+    rt.resume_topic("default").await.unwrap();
+    assert_eq!(finish(&rt, id).await.status, ExecutionStatus::Succeeded);
+    w.stop().await;
+    // The pause is in the store: a runtime opened later starts with it (embedded keeps it).
+    rt.pause_topic("default").await.unwrap();
+    assert!(rt.paused_topics().contains("default"));
+}
+
+#[tokio::test]
+async fn a_pause_from_another_process_reaches_the_worker_at_its_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Runtime::builder()
+            .ignore_env()
+            .provider(QueueProvider::Embedded)
+            .data_dir(dir.path())
+            .state(Greeter { greeting: "hi" })
+            .configure(|c| c.lease = Duration::from_millis(900))
+            .build()
+    };
+    let worker = open().await.unwrap();
+    let other = open().await.unwrap();
+    let w = start(&worker);
+    other.pause_topic("default").await.unwrap();
+    // The worker re-reads pauses every third of its lease (300 ms here).
+    for _ in 0..1000 {
+        if worker.paused_topics().contains("default") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(worker.paused_topics().contains("default"), "the worker saw the pause");
+    let id = other.enqueue(add::enqueue(Add { a: 1, b: 2 })).await.unwrap().execution_id;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(other.store().get(id).await.unwrap().unwrap().status, ExecutionStatus::Queued, "paused everywhere");
+    other.resume_topic("default").await.unwrap();
+    let r = other.wait_for(id, Duration::from_secs(10)).await.unwrap().unwrap();
+    assert_eq!(r.status, ExecutionStatus::Succeeded);
+    w.stop().await;
+    // A runtime opened now starts paused or not as the store says.
+    other.pause_topic("default").await.unwrap();
+    assert!(open().await.unwrap().paused_topics().contains("default"));
 }
 
 async fn idempotency_keys_collapse_enqueues(p: QueueProvider) {

@@ -12,6 +12,7 @@
 //! app redrive ID | --all                                put dead letters back in the queue
 //! app stats                                             queue counts
 //! app cancel ID                                         cancel a waiting or running execution
+//! app pause TOPIC | resume TOPIC                        stop or restart claiming a topic
 //! ```
 //!
 //! Exit codes: 0 success; 1 a failure (a refused enqueue, a job that ended dead or failed
@@ -136,6 +137,16 @@ pub enum Command {
     },
     /// Queue counts: ready, delayed, leased, dead.
     Stats,
+    /// Stop claiming a topic's messages, in every process on this store.
+    Pause {
+        /// The topic.
+        topic: String,
+    },
+    /// Claim a topic's messages again.
+    Resume {
+        /// The topic.
+        topic: String,
+    },
     /// Cancel a waiting or running execution.
     Cancel {
         /// The execution's id.
@@ -301,6 +312,16 @@ async fn execute(rt: &Runtime, command: Command) -> Result<ExitCode, String> {
             } else {
                 Err(format!("no dead letter `{id}`"))
             }
+        }
+        Command::Pause { topic } => {
+            rt.pause_topic(&topic).await.map_err(|e| e.to_string())?;
+            println!("topic `{topic}` paused: no new claims; running jobs finish");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume { topic } => {
+            rt.resume_topic(&topic).await.map_err(|e| e.to_string())?;
+            println!("topic `{topic}` resumed");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { id } => match rt.cancel(id).await.map_err(|e| e.to_string())? {
             CancelOutcome::Cancelled => {

@@ -134,6 +134,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Cancel requests for this process's dispatchers.
     cancels: tokio::sync::broadcast::Sender<ExecutionId>,
+    /// Topics whose messages are not claimed, shared with this process's dispatchers.
+    paused: Arc<crate::worker::PausedTopics>,
 }
 
 /// A configured job system. Cheap to clone.
@@ -276,6 +278,11 @@ impl RuntimeBuilder {
         let schedules = check_schedules(self.schedules.take().unwrap_or_else(|| SCHEDULES.iter().collect()))?;
         let (queue, kv, reason) = open_backends(&self.config, self.queue.take(), self.kv.take())?;
         let providers = Providers { queue: queue.provider(), kv: kv.provider(), reason };
+        let paused = Arc::new(crate::worker::PausedTopics::default());
+        paused.reload(kv.as_ref()).await.map_err(|e| StartupError::Backend {
+            provider: kv.provider(),
+            message: format!("cannot read paused topics: {e}"),
+        })?;
         tracing::info!(queue = providers.queue, kv = providers.kv, reason = %providers.reason, jobs = registry.len(), "runtime ready");
         Ok(Runtime {
             inner: Arc::new(Inner {
@@ -287,6 +294,7 @@ impl RuntimeBuilder {
                 providers,
                 stopping: CancellationToken::new(),
                 cancels: tokio::sync::broadcast::channel(1024).0,
+                paused,
                 schedules,
                 clock: self.clock.take().unwrap_or_else(|| Arc::new(SystemClock)),
             }),
@@ -597,6 +605,7 @@ impl Runtime {
             options,
         )
         .with_cancel_requests(self.inner.cancels.subscribe())
+        .with_paused_topics(Arc::clone(&self.inner.paused))
         .run(stop)
         .await;
         tracing::info!(started = report.started, abandoned = report.abandoned, "workers stopped");
@@ -650,6 +659,32 @@ impl Runtime {
             Some(handle) => handle.await.unwrap_or_default(),
             None => WorkerReport::default(),
         }
+    }
+
+    /// Stops claiming the topic's messages, in every process on this store (at once here, at
+    /// their next heartbeat elsewhere). Running jobs finish; enqueues are still accepted.
+    pub async fn pause_topic(&self, topic: &str) -> Result<(), StoreError> {
+        let key = crate::kv::Key::from((crate::worker::PAUSED_PREFIX, topic));
+        self.inner.store.kv().set(key, Vec::new()).await?;
+        let mut paused = self.inner.paused.get();
+        paused.insert(topic.to_owned());
+        self.inner.paused.set(paused);
+        Ok(())
+    }
+
+    /// Claims the topic's messages again.
+    pub async fn resume_topic(&self, topic: &str) -> Result<(), StoreError> {
+        let key = crate::kv::Key::from((crate::worker::PAUSED_PREFIX, topic));
+        self.inner.store.kv().delete(key).await?;
+        let mut paused = self.inner.paused.get();
+        paused.remove(topic);
+        self.inner.paused.set(paused);
+        Ok(())
+    }
+
+    /// The paused topics, as this process last read them from the store.
+    pub fn paused_topics(&self) -> std::collections::HashSet<String> {
+        self.inner.paused.get()
     }
 
     /// Cancels an execution: a waiting one is removed from the queue; a running one gets its

@@ -12,6 +12,8 @@
 //! | `POST /api/v1/workers/dead-letters/{id}/redrive` | put one back in the queue |
 //! | `POST /api/v1/workers/dead-letters/redrive` | put them all back |
 //! | `GET /api/v1/workers/queue` | queue counts: ready, delayed, leased, dead |
+//! | `GET /api/v1/workers/topics` | the jobs' topics, and which are paused |
+//! | `POST /api/v1/workers/topics/{topic}/pause`, `.../resume` | stop or restart claiming a topic |
 //! | `GET /api/v1/workers/subscribe?job=&execution=` | execution changes as server-sent events |
 //! | `GET /api/v1/workers/schedules` | registered schedules: expression, timezone, next five fire times |
 //! | `GET /api/v1/openapi.json` | OpenAPI 3.1, each job's trigger body typed by its schema |
@@ -51,6 +53,9 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/api/v1/workers/dead-letters/redrive", post(routes::redrive_all))
         .route("/api/v1/workers/dead-letters/{id}/redrive", post(routes::redrive))
         .route("/api/v1/workers/queue", get(routes::queue_stats))
+        .route("/api/v1/workers/topics", get(routes::list_topics))
+        .route("/api/v1/workers/topics/{topic}/pause", post(routes::pause_topic))
+        .route("/api/v1/workers/topics/{topic}/resume", post(routes::resume_topic))
         .route("/api/v1/workers/subscribe", get(sse::subscribe))
         .route("/api/v1/workers/schedules", get(schedules::list_schedules))
         .route("/api/v1/openapi.json", get(routes::openapi))

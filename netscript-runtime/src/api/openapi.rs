@@ -105,6 +105,34 @@ pub fn document(rt: &Runtime) -> Value {
             }
         } }),
     );
+    let topic_state = json!({ "type": "object", "required": ["topic", "paused"], "properties": {
+        "topic": { "type": "string" }, "paused": { "type": "boolean" } } });
+    paths.insert(
+        "/api/v1/workers/topics".into(),
+        json!({ "get": {
+            "operationId": "listTopics", "summary": "The jobs' topics, and which are paused",
+            "responses": {
+                "200": { "description": "Topics", "content": { "application/json": { "schema": { "type": "array", "items": topic_state } } } },
+                "401": error_response("Missing or wrong token")
+            }
+        } }),
+    );
+    for (action, summary) in [
+        ("pause", "Stop claiming a topic's messages (running jobs finish)"),
+        ("resume", "Claim a topic's messages again"),
+    ] {
+        paths.insert(
+            format!("/api/v1/workers/topics/{{topic}}/{action}"),
+            json!({ "post": {
+                "operationId": format!("{action}Topic"), "summary": summary,
+                "parameters": [ { "name": "topic", "in": "path", "required": true, "schema": { "type": "string" } } ],
+                "responses": {
+                    "200": { "description": "The topic's state", "content": { "application/json": { "schema": topic_state } } },
+                    "401": error_response("Missing or wrong token")
+                }
+            } }),
+        );
+    }
     paths.insert(
         "/api/v1/workers/dead-letters".into(),
         json!({ "get": {

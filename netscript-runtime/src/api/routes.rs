@@ -271,6 +271,33 @@ pub(super) async fn queue_stats(State(rt): State<Runtime>) -> Result<Json<crate:
     Ok(Json(rt.queue().stats().await.map_err(queue_error)?))
 }
 
+pub(super) async fn list_topics(State(rt): State<Runtime>) -> Json<serde_json::Value> {
+    let paused = rt.paused_topics();
+    let mut topics: Vec<String> = rt.registry().topics().into_iter().map(str::to_owned).collect();
+    topics.extend(paused.iter().cloned());
+    topics.sort();
+    topics.dedup();
+    Json(serde_json::Value::Array(
+        topics.into_iter().map(|t| serde_json::json!({ "paused": paused.contains(&t), "topic": t })).collect(),
+    ))
+}
+
+pub(super) async fn pause_topic(
+    State(rt): State<Runtime>,
+    Path(topic): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    rt.pause_topic(&topic).await?;
+    Ok(Json(serde_json::json!({ "topic": topic, "paused": true })))
+}
+
+pub(super) async fn resume_topic(
+    State(rt): State<Runtime>,
+    Path(topic): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    rt.resume_topic(&topic).await?;
+    Ok(Json(serde_json::json!({ "topic": topic, "paused": false })))
+}
+
 pub(super) async fn openapi(State(rt): State<Runtime>) -> Json<serde_json::Value> {
     Json(super::openapi::document(&rt))
 }

@@ -93,6 +93,8 @@ struct Shared {
     pace_ns: AtomicU64,
     /// Executions asked to stop (`Runtime::cancel`) whose claim this dispatcher holds.
     cancelled: Mutex<HashSet<MessageId>>,
+    /// Topics not to claim from.
+    paused: Arc<PausedTopics>,
 }
 
 impl Shared {
@@ -141,6 +143,7 @@ pub struct Dispatcher {
     states: Arc<StateMap>,
     options: DispatcherOptions,
     cancels: Option<broadcast::Receiver<MessageId>>,
+    paused: Arc<PausedTopics>,
 }
 
 impl Dispatcher {
@@ -152,7 +155,13 @@ impl Dispatcher {
         states: Arc<StateMap>,
         options: DispatcherOptions,
     ) -> Self {
-        Self { queue, store, registry, states, options, cancels: None }
+        Self { queue, store, registry, states, options, cancels: None, paused: Arc::default() }
+    }
+
+    /// Skips the topics in `paused` while they are in it.
+    pub fn with_paused_topics(mut self, paused: Arc<PausedTopics>) -> Self {
+        self.paused = paused;
+        self
     }
 
     /// Stops the executions sent here at once, when this dispatcher holds them. Requests from
@@ -191,6 +200,7 @@ impl Dispatcher {
             claim_errors: AtomicU32::new(0),
             pace_ns: AtomicU64::new(0),
             cancelled: Mutex::new(HashSet::new()),
+            paused: self.paused,
             options: self.options,
         });
         let concurrency = shared.options.concurrency.max(1);
@@ -306,8 +316,29 @@ async fn refill(shared: &Shared) {
         shared.refilled.notify_waiters();
         return;
     }
-    let request =
-        ClaimRequest { topics: shared.options.topics.clone(), max: shared.claim_size(), lease: shared.options.lease };
+    let paused = shared.paused.get();
+    let topics = if paused.is_empty() {
+        shared.options.topics.clone()
+    } else {
+        let all: Vec<String> = if shared.options.topics.is_empty() {
+            shared.registry.topics().into_iter().map(str::to_owned).collect()
+        } else {
+            shared.options.topics.clone()
+        };
+        let open: Vec<String> = all.into_iter().filter(|t| !paused.contains(t)).collect();
+        if open.is_empty() {
+            // Every topic is paused: wait for a resume (or the poll interval, for one
+            // made in another process and seen at the next heartbeat).
+            tokio::select! {
+                () = shared.stop.cancelled() => {}
+                () = shared.paused.changed.notified() => {}
+                () = tokio::time::sleep(shared.options.poll_interval) => {}
+            }
+            return;
+        }
+        open
+    };
+    let request = ClaimRequest { topics, max: shared.claim_size(), lease: shared.options.lease };
     match shared.queue.claim(request).await {
         Ok(deliveries) if deliveries.is_empty() => {
             shared.claim_errors.store(0, Ordering::Relaxed);
@@ -471,6 +502,51 @@ async fn started_record(shared: &Shared, d: &Delivery, max_attempts: u32) -> Exe
     record
 }
 
+/// Key prefix of paused topics in the key-value store: `("paused", topic)`.
+pub const PAUSED_PREFIX: &str = "paused";
+
+/// Topics whose messages are not claimed for now. Shared by a runtime and its dispatchers:
+/// a pause in this process takes effect at once; the store (see [`PAUSED_PREFIX`]) carries
+/// pauses to other processes, which re-read it at every heartbeat.
+#[derive(Debug, Default)]
+pub struct PausedTopics {
+    topics: Mutex<HashSet<String>>,
+    changed: Notify,
+}
+
+impl PausedTopics {
+    /// The paused topics.
+    pub fn get(&self) -> HashSet<String> {
+        self.topics.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the set; wakes idle dispatchers when it changed.
+    pub fn set(&self, topics: HashSet<String>) {
+        let mut current = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != topics {
+            *current = topics;
+            drop(current);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Re-reads the set from the store.
+    pub async fn reload(&self, kv: &dyn crate::kv::Kv) -> Result<(), crate::kv::KvError> {
+        let options = crate::kv::ListOptions::prefix(crate::kv::Key::from((PAUSED_PREFIX,))).limit(10_000);
+        let topics = kv
+            .list(options)
+            .await?
+            .into_iter()
+            .filter_map(|e| match e.key.parts().get(1) {
+                Some(crate::kv::KeyPart::String(t)) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        self.set(topics);
+        Ok(())
+    }
+}
+
 /// Key prefix of cancel requests in the key-value store: `("cancel", execution id)`, set by
 /// `Runtime::cancel` for a leased execution so that whichever process holds it stops it.
 pub const CANCEL_PREFIX: &str = "cancel";
@@ -497,6 +573,9 @@ async fn heartbeat(shared: Arc<Shared>) {
     let every = shared.options.lease / 3;
     loop {
         tokio::time::sleep(every).await;
+        if let Err(e) = shared.paused.reload(shared.store.kv().as_ref()).await {
+            tracing::warn!(error = %e, "could not read paused topics");
+        }
         let leases: Vec<Lease> = shared.lock_in_flight().values().map(|f| f.lease).collect();
         if leases.is_empty() {
             continue;

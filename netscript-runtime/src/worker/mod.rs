@@ -20,8 +20,8 @@ mod recorder;
 mod runner;
 
 pub use dispatcher::{
-    CANCEL_PREFIX, CORRELATION_HEADER, Dispatcher, DispatcherOptions, TRACEPARENT_HEADER, TRACESTATE_HEADER,
-    WorkerReport,
+    CANCEL_PREFIX, CORRELATION_HEADER, Dispatcher, DispatcherOptions, PAUSED_PREFIX, PausedTopics, TRACEPARENT_HEADER,
+    TRACESTATE_HEADER, WorkerReport,
 };
 pub use policy::{Decision, decide};
 pub use runner::{AttemptOutcome, InProcessRunner};
