@@ -74,23 +74,9 @@ impl JobArgs {
     }
 
     fn parse_one(&mut self, meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<()> {
-        let known = meta.path.get_ident().and_then(|ident| KNOWN.iter().find(|(name, _)| ident == name));
-        let Some(&(name, example)) = known else {
-            errors.push(unknown_argument(&meta.path));
-            return skip_value(meta);
+        let Some((name, example, value)) = next_argument(meta, KNOWN, &mut self.seen, errors)? else {
+            return Ok(());
         };
-        let repeated = self.seen.iter().any(|seen| seen == name);
-        self.seen.push(name.to_owned());
-        if !meta.input.peek(Token![=]) {
-            // `#[job(id, ...)]`: report it and go on with the next argument.
-            errors.push(meta.error(format_args!("`{name}` needs a value, like `{example}`")));
-            return Ok(());
-        }
-        let value: Expr = meta.value()?.parse()?;
-        if repeated {
-            errors.push(syn::Error::new_spanned(&meta.path, format_args!("duplicate argument `{name}`")));
-            return Ok(());
-        }
         let string = || expect_str(&value, name, example);
         match name {
             "id" => self.id = errors.ok(string()),
@@ -223,17 +209,47 @@ impl Backoff {
     const DEFAULT: Backoff = Backoff::Exponential(Duration::from_secs(1));
 }
 
-fn unknown_argument(path: &Path) -> syn::Error {
+/// Reads one `name = value` argument of an attribute whose arguments are `known` (each with
+/// an example). Records an unknown, value-less or repeated argument in `errors` and returns
+/// `None` so parsing goes on; only broken syntax is an `Err`.
+pub(crate) fn next_argument(
+    meta: &ParseNestedMeta,
+    known: &[(&'static str, &'static str)],
+    seen: &mut Vec<String>,
+    errors: &mut Errors,
+) -> syn::Result<Option<(&'static str, &'static str, Expr)>> {
+    let found = meta.path.get_ident().and_then(|ident| known.iter().find(|(name, _)| ident == name));
+    let Some(&(name, example)) = found else {
+        errors.push(unknown_argument(&meta.path, known));
+        skip_value(meta)?;
+        return Ok(None);
+    };
+    let repeated = seen.iter().any(|s| s == name);
+    seen.push(name.to_owned());
+    if !meta.input.peek(Token![=]) {
+        // `#[job(id, ...)]`: report it and go on with the next argument.
+        errors.push(meta.error(format_args!("`{name}` needs a value, like `{example}`")));
+        return Ok(None);
+    }
+    let value: Expr = meta.value()?.parse()?;
+    if repeated {
+        errors.push(syn::Error::new_spanned(&meta.path, format_args!("duplicate argument `{name}`")));
+        return Ok(None);
+    }
+    Ok(Some((name, example, value)))
+}
+
+fn unknown_argument(path: &Path, known: &[(&str, &str)]) -> syn::Error {
     let written = quote::quote!(#path).to_string().replace(' ', "");
-    let names: Vec<String> = KNOWN.iter().map(|(name, _)| format!("`{name}`")).collect();
-    let hint = closest(&written, KNOWN.iter().map(|(name, _)| *name))
+    let names: Vec<String> = known.iter().map(|(name, _)| format!("`{name}`")).collect();
+    let hint = closest(&written, known.iter().map(|(name, _)| *name))
         .map(|name| format!(" (did you mean `{name}`?)"))
         .unwrap_or_default();
     syn::Error::new_spanned(path, format!("unknown argument `{written}`{hint}; expected one of {}", names.join(", ")))
 }
 
 /// Consumes the value of an unknown argument, whatever its shape, so parsing can go on.
-pub(crate) fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
+fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
     if meta.input.peek(Token![=]) {
         meta.value()?.parse::<Expr>()?;
     } else if meta.input.peek(syn::token::Paren) {

@@ -3,14 +3,12 @@
 //! runtime's own parser (`netscript-cron`), so an invalid one is an error at its literal.
 
 use proc_macro2::{Span, TokenStream};
+use syn::LitStr;
 use syn::meta::ParseNestedMeta;
 use syn::parse::Parser;
-use syn::{Expr, LitStr, Path, Token};
 
 use crate::errors::Errors;
-use crate::job::args::{
-    closest, doc_comment, expect_str, expect_str_array, is_kebab_case, kebab_suggestion, skip_value,
-};
+use crate::job::args::{doc_comment, expect_str, expect_str_array, is_kebab_case, kebab_suggestion, next_argument};
 
 /// The arguments `#[scheduled]` knows, each with an example for error messages.
 const KNOWN: &[(&str, &str)] = &[
@@ -55,22 +53,9 @@ impl ScheduleArgs {
     }
 
     fn parse_one(&mut self, meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<()> {
-        let known = meta.path.get_ident().and_then(|ident| KNOWN.iter().find(|(name, _)| ident == name));
-        let Some(&(name, example)) = known else {
-            errors.push(unknown_argument(&meta.path));
-            return skip_value(meta);
+        let Some((name, example, value)) = next_argument(meta, KNOWN, &mut self.seen, errors)? else {
+            return Ok(());
         };
-        let repeated = self.seen.iter().any(|seen| seen == name);
-        self.seen.push(name.to_owned());
-        if !meta.input.peek(Token![=]) {
-            errors.push(meta.error(format_args!("`{name}` needs a value, like `{example}`")));
-            return Ok(());
-        }
-        let value: Expr = meta.value()?.parse()?;
-        if repeated {
-            errors.push(syn::Error::new_spanned(&meta.path, format_args!("duplicate argument `{name}`")));
-            return Ok(());
-        }
         let string = || expect_str(&value, name, example);
         match name {
             "id" => self.id = errors.ok(string()),
@@ -175,13 +160,4 @@ fn validate_id(lit: &LitStr) -> syn::Result<()> {
         None => format!("schedule id `{id}` is not kebab-case: use {RULE}, like `daily-resync`"),
     };
     Err(syn::Error::new(lit.span(), message))
-}
-
-fn unknown_argument(path: &Path) -> syn::Error {
-    let written = quote::quote!(#path).to_string().replace(' ', "");
-    let names: Vec<String> = KNOWN.iter().map(|(name, _)| format!("`{name}`")).collect();
-    let hint = closest(&written, KNOWN.iter().map(|(name, _)| *name))
-        .map(|name| format!(" (did you mean `{name}`?)"))
-        .unwrap_or_default();
-    syn::Error::new_spanned(path, format!("unknown argument `{written}`{hint}; expected one of {}", names.join(", ")))
 }
