@@ -375,19 +375,24 @@ async fn cancel_stops_waiting_and_running_executions(p: QueueProvider) {
     assert_eq!((stats.ready, stats.delayed, stats.leased, stats.dead), (0, 0, 0, 0), "{stats:?}");
 }
 
+/// A runtime on the embedded store in `dir` whose heartbeat (a third of the lease) comes every
+/// 300 ms, as each of several processes sharing the store would open it.
+async fn open_with_short_lease(dir: &std::path::Path) -> Result<Runtime, StartupError> {
+    Runtime::builder()
+        .ignore_env()
+        .provider(QueueProvider::Embedded)
+        .data_dir(dir)
+        .state(Greeter { greeting: "hi" })
+        .configure(|c| c.lease = Duration::from_millis(900))
+        .build()
+        .await
+}
+
 #[tokio::test]
 async fn a_cancel_from_another_process_reaches_the_worker_at_its_heartbeat() {
     use netscript::CancelOutcome;
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        Runtime::builder()
-            .ignore_env()
-            .provider(QueueProvider::Embedded)
-            .data_dir(dir.path())
-            .state(Greeter { greeting: "hi" })
-            .configure(|c| c.lease = Duration::from_millis(900))
-            .build()
-    };
+    let open = || open_with_short_lease(dir.path());
     let worker = open().await.unwrap();
     let other = open().await.unwrap(); // like a CLI or an API process on the same store
     let w = start(&worker);
@@ -419,15 +424,7 @@ async fn a_paused_topic_is_not_claimed_until_resumed(p: QueueProvider) {
 #[tokio::test]
 async fn a_pause_from_another_process_reaches_the_worker_at_its_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        Runtime::builder()
-            .ignore_env()
-            .provider(QueueProvider::Embedded)
-            .data_dir(dir.path())
-            .state(Greeter { greeting: "hi" })
-            .configure(|c| c.lease = Duration::from_millis(900))
-            .build()
-    };
+    let open = || open_with_short_lease(dir.path());
     let worker = open().await.unwrap();
     let other = open().await.unwrap();
     let w = start(&worker);
