@@ -298,6 +298,21 @@ async fn queue_cancel_removes_waiting_messages_only(q: Arc<dyn Queue>) {
     assert_eq!(again, netscript_runtime::queue::Enqueued::Duplicate(ready_id));
 }
 
+async fn queue_topic_stats_count_each_topic(q: Arc<dyn Queue>) {
+    q.enqueue(vec![msg("a", "1"), msg("a", "2"), msg("b", "3"), msg("b", "4").with_delay(Duration::from_secs(60))])
+        .await
+        .unwrap();
+    let ds = q.claim(ClaimRequest { topics: vec!["a".into()], max: 1, lease: Duration::from_secs(30) }).await.unwrap();
+    assert_eq!(ds.len(), 1);
+    let by_topic = q.topic_stats().await.unwrap();
+    assert_eq!(by_topic.keys().collect::<Vec<_>>(), ["a", "b"]);
+    let (a, b) = (by_topic["a"], by_topic["b"]);
+    assert_eq!((a.ready, a.delayed, a.leased, a.dead), (1, 0, 1, 0), "{a:?}");
+    assert_eq!((b.ready, b.delayed, b.leased, b.dead), (1, 1, 0, 0), "{b:?}");
+    q.settle_one(Settlement::DeadLetter { lease: ds[0].lease, error: "x".into() }).await.unwrap();
+    assert_eq!(q.topic_stats().await.unwrap()["a"].dead, 1);
+}
+
 async fn queue_dead_letter_and_redrive(q: Arc<dyn Queue>) {
     q.enqueue(vec![msg("t", "a"), msg("t", "b"), msg("t", "c")]).await.unwrap();
     let ds = claim(&q, 3).await;
@@ -730,6 +745,7 @@ macro_rules! conformance {
             }
 
             queue_case!(queue_priority_then_fifo);
+            queue_case!(queue_topic_stats_count_each_topic);
             queue_case!(queue_cancel_removes_waiting_messages_only);
             queue_case!(queue_delivery_carries_the_message);
             queue_case!(queue_delay_hides_then_shows);

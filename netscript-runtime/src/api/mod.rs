@@ -12,7 +12,7 @@
 //! | `POST /api/v1/workers/dead-letters/{id}/redrive` | put one back in the queue |
 //! | `POST /api/v1/workers/dead-letters/redrive` | put them all back |
 //! | `GET /api/v1/workers/queue` | queue counts: ready, delayed, leased, dead |
-//! | `GET /api/v1/workers/topics` | the jobs' topics, and which are paused |
+//! | `GET /api/v1/workers/topics` | each topic: paused or not, ready, delayed, leased, dead |
 //! | `POST /api/v1/workers/topics/{topic}/pause`, `.../resume` | stop or restart claiming a topic |
 //! | `GET /api/v1/workers/subscribe?job=&execution=` | execution changes as server-sent events |
 //! | `GET /api/v1/workers/schedules` | registered schedules: expression, timezone, next five fire times |

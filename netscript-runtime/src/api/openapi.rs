@@ -106,11 +106,13 @@ pub fn document(rt: &Runtime) -> Value {
         } }),
     );
     let topic_state = json!({ "type": "object", "required": ["topic", "paused"], "properties": {
-        "topic": { "type": "string" }, "paused": { "type": "boolean" } } });
+        "topic": { "type": "string" }, "paused": { "type": "boolean" },
+        "ready": { "type": "integer" }, "delayed": { "type": "integer" },
+        "leased": { "type": "integer" }, "dead": { "type": "integer" } } });
     paths.insert(
         "/api/v1/workers/topics".into(),
         json!({ "get": {
-            "operationId": "listTopics", "summary": "The jobs' topics, and which are paused",
+            "operationId": "listTopics", "summary": "Topics: paused or not, and their message counts",
             "responses": {
                 "200": { "description": "Topics", "content": { "application/json": { "schema": { "type": "array", "items": topic_state } } } },
                 "401": error_response("Missing or wrong token")

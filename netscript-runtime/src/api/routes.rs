@@ -271,15 +271,26 @@ pub(super) async fn queue_stats(State(rt): State<Runtime>) -> Result<Json<crate:
     Ok(Json(rt.queue().stats().await.map_err(queue_error)?))
 }
 
-pub(super) async fn list_topics(State(rt): State<Runtime>) -> Json<serde_json::Value> {
+pub(super) async fn list_topics(State(rt): State<Runtime>) -> Result<Json<serde_json::Value>, ApiError> {
     let paused = rt.paused_topics();
+    let counts = rt.queue().topic_stats().await.map_err(queue_error)?;
     let mut topics: Vec<String> = rt.registry().topics().into_iter().map(str::to_owned).collect();
     topics.extend(paused.iter().cloned());
+    topics.extend(counts.keys().cloned());
     topics.sort();
     topics.dedup();
-    Json(serde_json::Value::Array(
-        topics.into_iter().map(|t| serde_json::json!({ "paused": paused.contains(&t), "topic": t })).collect(),
-    ))
+    Ok(Json(serde_json::Value::Array(
+        topics
+            .into_iter()
+            .map(|t| {
+                let c = counts.get(&t).copied().unwrap_or_default();
+                serde_json::json!({
+                    "topic": t, "paused": paused.contains(&t),
+                    "ready": c.ready, "delayed": c.delayed, "leased": c.leased, "dead": c.dead,
+                })
+            })
+            .collect(),
+    )))
 }
 
 pub(super) async fn pause_topic(

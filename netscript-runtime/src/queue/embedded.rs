@@ -657,6 +657,33 @@ impl Queue for EmbeddedQueue {
             .map_err(queue_error)
     }
 
+    async fn topic_stats(&self) -> Result<std::collections::BTreeMap<String, QueueStats>, QueueError> {
+        let queue = Arc::clone(&self.name);
+        self.db
+            .call(move |tx| {
+                promote(tx, &queue, millis(Timestamp::now()))?;
+                let mut stmt = tx.conn().prepare_cached(
+                    "SELECT topic, state, count(*) FROM queue_messages WHERE queue = ?1 GROUP BY topic, state",
+                )?;
+                let mut rows = stmt.query(params![&*queue])?;
+                let mut out = std::collections::BTreeMap::<String, QueueStats>::new();
+                while let Some(row) = rows.next()? {
+                    let (topic, state, n): (String, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+                    let stats = out.entry(topic).or_default();
+                    let n = u64::try_from(n).unwrap_or(0);
+                    match state {
+                        0 => stats.ready += n,
+                        1 => stats.delayed += n,
+                        2 => stats.leased += n,
+                        _ => stats.dead += n,
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(queue_error)
+    }
+
     async fn wait_for_work(&self, timeout: Duration) {
         let notified = self.notify.notified();
         tokio::pin!(notified);

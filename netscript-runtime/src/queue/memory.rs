@@ -403,6 +403,23 @@ impl Queue for MemoryQueue {
         })
     }
 
+    async fn topic_stats(&self) -> Result<std::collections::BTreeMap<String, QueueStats>, QueueError> {
+        let now = Timestamp::now();
+        let mut st = self.lock();
+        st.promote(now);
+        let mut out = std::collections::BTreeMap::<String, QueueStats>::new();
+        for stored in st.messages.values() {
+            let stats = out.entry(stored.message.topic.clone()).or_default();
+            match stored.place {
+                Place::Ready { .. } => stats.ready += 1,
+                Place::Delayed => stats.delayed += 1,
+                Place::Leased { .. } => stats.leased += 1,
+                Place::Dead { .. } => stats.dead += 1,
+            }
+        }
+        Ok(out)
+    }
+
     async fn wait_for_work(&self, timeout: Duration) {
         let now = Timestamp::now();
         // Wake for the next delayed message or lapsing lease, whichever is first.

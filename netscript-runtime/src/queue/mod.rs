@@ -356,6 +356,9 @@ pub trait Queue: Send + Sync + 'static {
     /// Counts.
     async fn stats(&self) -> Result<QueueStats, QueueError>;
 
+    /// Counts per topic (`stale_settlements` is only counted queue-wide, so 0 here).
+    async fn topic_stats(&self) -> Result<std::collections::BTreeMap<String, QueueStats>, QueueError>;
+
     /// Returns when messages may have become claimable (something was enqueued, retried or
     /// released), or after `timeout`. May return early; callers re-check with `claim`.
     async fn wait_for_work(&self, timeout: Duration);
