@@ -65,11 +65,7 @@ impl JobArgs {
     /// parsing goes on; only broken syntax stops it.
     pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Self {
         let mut args = JobArgs::default();
-        let parser = syn::meta::parser(|meta| args.parse_one(&meta, errors));
-        if let Err(e) = parser.parse2(tokens) {
-            errors.push(e);
-            args.incomplete = true;
-        }
+        args.incomplete = !parse_arguments(tokens, errors, |meta, errors| args.parse_one(meta, errors));
         args
     }
 
@@ -207,6 +203,23 @@ impl JobArgs {
 
 impl Backoff {
     const DEFAULT: Backoff = Backoff::Exponential(Duration::from_secs(1));
+}
+
+/// Runs `one` on each argument of an attribute; `false` when broken syntax stopped parsing
+/// (the error is in `errors`).
+pub(crate) fn parse_arguments(
+    tokens: TokenStream,
+    errors: &mut Errors,
+    mut one: impl FnMut(&ParseNestedMeta, &mut Errors) -> syn::Result<()>,
+) -> bool {
+    let result = syn::meta::parser(|meta| one(&meta, errors)).parse2(tokens);
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            errors.push(e);
+            false
+        }
+    }
 }
 
 /// Reads one `name = value` argument of an attribute whose arguments are `known` (each with

@@ -5,10 +5,11 @@
 use proc_macro2::{Span, TokenStream};
 use syn::LitStr;
 use syn::meta::ParseNestedMeta;
-use syn::parse::Parser;
 
 use crate::errors::Errors;
-use crate::job::args::{doc_comment, expect_str, expect_str_array, is_kebab_case, kebab_suggestion, next_argument};
+use crate::job::args::{
+    doc_comment, expect_str, expect_str_array, is_kebab_case, kebab_suggestion, next_argument, parse_arguments,
+};
 
 /// The arguments `#[scheduled]` knows, each with an example for error messages.
 const KNOWN: &[(&str, &str)] = &[
@@ -44,11 +45,7 @@ impl ScheduleArgs {
     /// Parses `id = "...", cron = "...", ...`; only broken syntax stops parsing.
     pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Self {
         let mut args = ScheduleArgs::default();
-        let parser = syn::meta::parser(|meta| args.parse_one(&meta, errors));
-        if let Err(e) = parser.parse2(tokens) {
-            errors.push(e);
-            args.incomplete = true;
-        }
+        args.incomplete = !parse_arguments(tokens, errors, |meta, errors| args.parse_one(meta, errors));
         args
     }
 
