@@ -1,0 +1,164 @@
+//! Backends that fail for a while: the workers keep going and nothing is lost.
+//!
+//! Each backend is wrapped so that its first calls of one kind fail, the way a broker that
+//! went away or a full disk would answer, and then recover.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use netscript::kv::memory::MemoryKv;
+use netscript::kv::{AtomicWrite, Entry, Key, Kv, KvError, KvWatch, ListOptions, Versionstamp};
+use netscript::prelude::*;
+use netscript::queue::memory::MemoryQueue;
+use netscript::queue::{
+    Cancelled, ClaimRequest, DeadLetter, Delivery, Enqueued, Lease, MessageId, NewMessage, Queue, QueueError,
+    QueueStats, Settled, Settlement,
+};
+use netscript::{CancellationToken, ExecutionStatus};
+
+/// Counts itself.
+#[job(id = "count", retries = 0)]
+async fn count(n: u32) -> JobResult<u32> {
+    Ok(n)
+}
+
+/// A memory queue whose first `failing` claims fail.
+struct FlakyClaims {
+    inner: MemoryQueue,
+    failing: AtomicU32,
+    failed: AtomicU32,
+}
+
+#[async_trait]
+impl Queue for FlakyClaims {
+    fn provider(&self) -> &'static str {
+        "flaky"
+    }
+    async fn enqueue(&self, m: Vec<NewMessage>) -> Result<Vec<Enqueued>, QueueError> {
+        self.inner.enqueue(m).await
+    }
+    async fn claim(&self, r: ClaimRequest) -> Result<Vec<Delivery>, QueueError> {
+        if self.failing.load(Ordering::SeqCst) > 0 {
+            self.failing.fetch_sub(1, Ordering::SeqCst);
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(QueueError::Backend { backend: "flaky", message: "connection refused".into() });
+        }
+        self.inner.claim(r).await
+    }
+    async fn extend(&self, l: &[Lease], d: Duration) -> Result<Vec<Settled>, QueueError> {
+        self.inner.extend(l, d).await
+    }
+    async fn settle(&self, s: Vec<Settlement>) -> Result<Vec<Settled>, QueueError> {
+        self.inner.settle(s).await
+    }
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.inner.dead_letters(limit).await
+    }
+    async fn redrive(&self, id: MessageId) -> Result<bool, QueueError> {
+        self.inner.redrive(id).await
+    }
+    async fn cancel(&self, id: MessageId) -> Result<Cancelled, QueueError> {
+        self.inner.cancel(id).await
+    }
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.inner.stats().await
+    }
+    async fn topic_stats(&self) -> Result<std::collections::BTreeMap<String, QueueStats>, QueueError> {
+        self.inner.topic_stats().await
+    }
+    async fn wait_for_work(&self, timeout: Duration) {
+        self.inner.wait_for_work(timeout).await
+    }
+}
+
+/// A memory store whose unconditional writes (the records of finished attempts) fail while
+/// `failing` is above zero.
+struct FlakyWrites {
+    inner: MemoryKv,
+    failing: AtomicU32,
+}
+
+#[async_trait]
+impl Kv for FlakyWrites {
+    fn provider(&self) -> &'static str {
+        "flaky"
+    }
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>, KvError> {
+        self.inner.get_many(keys).await
+    }
+    async fn atomic(&self, write: AtomicWrite) -> Result<Option<Versionstamp>, KvError> {
+        // Queued records are written with an "absent" check; fail only the others.
+        if write.checks.is_empty() && self.failing.load(Ordering::SeqCst) > 0 {
+            self.failing.fetch_sub(1, Ordering::SeqCst);
+            return Err(KvError::Backend { backend: "flaky", message: "disk full".into() });
+        }
+        self.inner.atomic(write).await
+    }
+    async fn list(&self, options: ListOptions) -> Result<Vec<Entry>, KvError> {
+        self.inner.list(options).await
+    }
+    fn watch(&self, prefix: &Key) -> KvWatch {
+        self.inner.watch(prefix)
+    }
+}
+
+async fn run_until_recorded(rt: &Runtime, ids: &[netscript::ExecutionId]) {
+    let stop = CancellationToken::new();
+    let workers = tokio::spawn({
+        let (rt, stop) = (rt.clone(), stop.clone());
+        async move { rt.run_workers(stop).await }
+    });
+    for &id in ids {
+        let r = rt.wait_for(id, Duration::from_secs(20)).await.unwrap().unwrap();
+        assert_eq!(r.status, ExecutionStatus::Succeeded, "{r:?}");
+        assert_eq!(r.result, Some(r.payload.clone()));
+    }
+    stop.cancel();
+    workers.await.unwrap();
+}
+
+#[tokio::test]
+async fn claims_that_fail_are_retried_and_every_job_still_runs() {
+    let queue =
+        Arc::new(FlakyClaims { inner: MemoryQueue::new(), failing: AtomicU32::new(3), failed: AtomicU32::new(0) });
+    let rt = Runtime::builder().ignore_env().queue(queue.clone()).kv(Arc::new(MemoryKv::new())).build().await.unwrap();
+    let ids: Vec<_> =
+        rt.enqueue_many((0..20).map(count::enqueue).collect()).await.unwrap().iter().map(|r| r.execution_id).collect();
+    run_until_recorded(&rt, &ids).await;
+    assert_eq!(queue.failed.load(Ordering::SeqCst), 3, "the first claims did fail");
+    let s = rt.queue().stats().await.unwrap();
+    assert_eq!((s.ready, s.leased, s.dead), (0, 0, 0), "{s:?}");
+}
+
+#[tokio::test]
+async fn results_that_cannot_be_recorded_are_not_acked_and_the_jobs_run_again() {
+    let kv = Arc::new(FlakyWrites { inner: MemoryKv::new(), failing: AtomicU32::new(2) });
+    let rt = Runtime::builder()
+        .ignore_env()
+        .queue(Arc::new(MemoryQueue::new()))
+        .kv(kv.clone())
+        // A short lease, so an unsettled message comes back quickly.
+        .configure(|c| c.lease = Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let ids: Vec<_> =
+        rt.enqueue_many((0..5).map(count::enqueue).collect()).await.unwrap().iter().map(|r| r.execution_id).collect();
+    run_until_recorded(&rt, &ids).await;
+    assert_eq!(kv.failing.load(Ordering::SeqCst), 0, "the record writes did fail");
+    // The runs whose records were lost ran again, and were recorded the second time.
+    let reruns = {
+        let mut n = 0;
+        for &id in &ids {
+            n += u32::from(rt.store().get(id).await.unwrap().unwrap().attempt > 1);
+        }
+        n
+    };
+    assert!(reruns >= 1, "a lost record means the job ran again");
+    let s = rt.queue().stats().await.unwrap();
+    assert_eq!((s.ready, s.leased, s.dead), (0, 0, 0), "{s:?}");
+}
