@@ -224,11 +224,19 @@ async fn two_connections_never_claim_one_message_twice() {
         })
         .collect();
     a.enqueue(msgs).await.unwrap();
-    let worker = |q: EmbeddedQueue| async move {
+    // Each connection takes one batch before either goes on, so both take part however the two tasks
+    // are scheduled; after the barrier they race for the rest.
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let worker = |q: EmbeddedQueue, barrier: Arc<tokio::sync::Barrier>| async move {
         let mut got = Vec::new();
         let mut idle = 0;
+        let mut first = true;
         while idle < 20 {
             let ds = q.claim(all(5)).await.unwrap();
+            if std::mem::take(&mut first) {
+                assert!(!ds.is_empty(), "the first claim of each connection finds work");
+                barrier.wait().await;
+            }
             if ds.is_empty() {
                 idle += 1;
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -242,8 +250,8 @@ async fn two_connections_never_claim_one_message_twice() {
         }
         got
     };
-    let ta = tokio::spawn(worker(a.clone()));
-    let tb = tokio::spawn(worker(b.clone()));
+    let ta = tokio::spawn(worker(a.clone(), barrier.clone()));
+    let tb = tokio::spawn(worker(b.clone(), barrier));
     let (ga, gb) = (ta.await.unwrap(), tb.await.unwrap());
     assert!(!ga.is_empty() && !gb.is_empty(), "both connections should have claimed: {} / {}", ga.len(), gb.len());
     let mut seen = HashSet::new();
