@@ -716,9 +716,18 @@ async fn kv_watch_sees_changes_under_prefix(kv: Arc<dyn Kv>) {
 
 /// Makes one `#[tokio::test]` per case for a backend. `$queue` and `$kv` are functions
 /// returning the backend and what must outlive it; `$queue` takes the idempotency window.
+/// Instantiates every case for one backend: `conformance!(name, queue: f, kv: g)` where
+/// `f(idempotency_window)` and `g()` are async factories returning the backend and a guard
+/// to keep alive. A backend that cannot pass a case names it in a `skip` function
+/// (`skip: s`, `s(case) -> Option<&'static str>`) with the reason, printed when the test runs;
+/// `kv: none` leaves out the KV cases for a backend that has no KV store.
 macro_rules! conformance {
-    ($backend:ident, queue: $queue:path, kv: $kv:path) => {
+    ($backend:ident, queue: $queue:path, kv: $kv:tt) => {
+        conformance!($backend, queue: $queue, kv: $kv, skip: $crate::no_skips);
+    };
+    ($backend:ident, queue: $queue:path, kv: $kv:tt, skip: $skip:path) => {
         mod $backend {
+            #[allow(unused_imports)]
             use super::*;
 
             macro_rules! queue_case {
@@ -728,18 +737,12 @@ macro_rules! conformance {
                 ($case:ident, $window:expr) => {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     async fn $case() {
-                        let (q, _guard) = $queue($window);
-                        super::$case(q).await;
-                    }
-                };
-            }
-
-            macro_rules! kv_case {
-                ($case:ident) => {
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn $case() {
-                        let (kv, _guard) = $kv();
-                        super::$case(kv).await;
+                        if let Some(reason) = $skip(stringify!($case)) {
+                            eprintln!("skipped for {}: {reason}", stringify!($backend));
+                            return;
+                        }
+                        let (q, _guard) = $queue($window).await;
+                        $crate::$case(q).await;
                     }
                 };
             }
@@ -750,7 +753,7 @@ macro_rules! conformance {
             queue_case!(queue_delivery_carries_the_message);
             queue_case!(queue_delay_hides_then_shows);
             queue_case!(queue_idempotency_collapses);
-            queue_case!(queue_idempotency_window_expires, SHORT_WINDOW);
+            queue_case!(queue_idempotency_window_expires, $crate::SHORT_WINDOW);
             queue_case!(queue_concurrency_key_exclusive);
             queue_case!(queue_lease_expiry_redelivers);
             queue_case!(queue_lapsed_lease_frees_concurrency_key);
@@ -766,24 +769,47 @@ macro_rules! conformance {
             queue_case!(queue_wait_for_work_returns_at_timeout_or_due_time);
             queue_case!(queue_concurrent_claims_never_share);
 
-            kv_case!(kv_get_set_delete);
-            kv_case!(kv_versionstamps_increase);
-            kv_case!(kv_atomic_check_and_conflict);
-            kv_case!(kv_check_absent);
-            kv_case!(kv_concurrent_conditional_writes);
-            kv_case!(kv_ttl_expiry);
-            kv_case!(kv_list_prefix_limit_reverse_cursor);
-            kv_case!(kv_watch_sees_changes_under_prefix);
+            conformance!(@kv $backend, $kv, $skip);
         }
+    };
+    (@kv $backend:ident, none, $skip:path) => {};
+    (@kv $backend:ident, $kv:path, $skip:path) => {
+        macro_rules! kv_case {
+            ($case:ident) => {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    if let Some(reason) = $skip(stringify!($case)) {
+                        eprintln!("skipped for {}: {reason}", stringify!($backend));
+                        return;
+                    }
+                    let (kv, _guard) = $kv().await;
+                    $crate::$case(kv).await;
+                }
+            };
+        }
+
+        kv_case!(kv_get_set_delete);
+        kv_case!(kv_versionstamps_increase);
+        kv_case!(kv_atomic_check_and_conflict);
+        kv_case!(kv_check_absent);
+        kv_case!(kv_concurrent_conditional_writes);
+        kv_case!(kv_ttl_expiry);
+        kv_case!(kv_list_prefix_limit_reverse_cursor);
+        kv_case!(kv_watch_sees_changes_under_prefix);
     };
 }
 
-fn memory_queue(window: Duration) -> (Arc<dyn Queue>, Guard) {
+/// The skip list of a backend that runs every case.
+pub fn no_skips(_case: &str) -> Option<&'static str> {
+    None
+}
+
+async fn memory_queue(window: Duration) -> (Arc<dyn Queue>, Guard) {
     let q = netscript_runtime::queue::memory::MemoryQueue::new().with_idempotency_window(window);
     (Arc::new(q), None)
 }
 
-fn memory_kv() -> (Arc<dyn Kv>, Guard) {
+async fn memory_kv() -> (Arc<dyn Kv>, Guard) {
     (Arc::new(netscript_runtime::kv::memory::MemoryKv::new()), None)
 }
 
@@ -797,7 +823,7 @@ fn embedded_db() -> (Arc<netscript_runtime::embedded::EmbeddedDb>, Guard) {
 }
 
 #[cfg(feature = "embedded")]
-fn embedded_queue(window: Duration) -> (Arc<dyn Queue>, Guard) {
+async fn embedded_queue(window: Duration) -> (Arc<dyn Queue>, Guard) {
     use netscript_runtime::queue::embedded::EmbeddedQueue;
     let (db, guard) = embedded_db();
     // A second queue in the same file: its messages must never show up in the one tested.
@@ -814,7 +840,7 @@ fn embedded_queue(window: Duration) -> (Arc<dyn Queue>, Guard) {
 }
 
 #[cfg(feature = "embedded")]
-fn embedded_kv() -> (Arc<dyn Kv>, Guard) {
+async fn embedded_kv() -> (Arc<dyn Kv>, Guard) {
     let (db, guard) = embedded_db();
     (Arc::new(netscript_runtime::kv::embedded::EmbeddedKv::new(db)), guard)
 }
