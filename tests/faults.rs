@@ -125,7 +125,14 @@ async fn run_until_recorded(rt: &Runtime, ids: &[netscript::ExecutionId]) {
 async fn claims_that_fail_are_retried_and_every_job_still_runs() {
     let queue =
         Arc::new(FlakyClaims { inner: MemoryQueue::new(), failing: AtomicU32::new(3), failed: AtomicU32::new(0) });
-    let rt = Runtime::builder().ignore_env().queue(queue.clone()).kv(Arc::new(MemoryKv::new())).build().await.unwrap();
+    let rt = Runtime::builder()
+        .ignore_env()
+        .queue(queue.clone())
+        .kv(Arc::new(MemoryKv::new()))
+        .state(Worker { name: "only", stall: false })
+        .build()
+        .await
+        .unwrap();
     let ids: Vec<_> =
         rt.enqueue_many((0..20).map(count::enqueue).collect()).await.unwrap().iter().map(|r| r.execution_id).collect();
     run_until_recorded(&rt, &ids).await;
@@ -141,6 +148,7 @@ async fn results_that_cannot_be_recorded_are_not_acked_and_the_jobs_run_again() 
         .ignore_env()
         .queue(Arc::new(MemoryQueue::new()))
         .kv(kv.clone())
+        .state(Worker { name: "only", stall: false })
         // A short lease, so an unsettled message comes back quickly.
         .configure(|c| c.lease = Duration::from_millis(300))
         .build()
@@ -160,5 +168,86 @@ async fn results_that_cannot_be_recorded_are_not_acked_and_the_jobs_run_again() 
     };
     assert!(reruns >= 1, "a lost record means the job ran again");
     let s = rt.queue().stats().await.unwrap();
+    assert_eq!((s.ready, s.leased, s.dead), (0, 0, 0), "{s:?}");
+}
+
+/// Which worker ran a job, and whether it stalls.
+struct Worker {
+    name: &'static str,
+    stall: bool,
+}
+
+static STALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static TAKEN_OVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Returns the name of the worker that ran it. The stalling worker blocks its whole (single)
+/// thread, heartbeat included, until the other worker has run the job too: its lease lapses,
+/// the way a paused VM or a long GC pause would let it.
+#[job(id = "who-ran", retries = 0, timeout = "30s")]
+async fn who_ran(worker: State<Worker>) -> JobResult<String> {
+    if worker.stall {
+        STALLED.store(true, Ordering::SeqCst);
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while !TAKEN_OVER.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    } else {
+        TAKEN_OVER.store(true, Ordering::SeqCst);
+    }
+    Ok(worker.name.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stalled_past_its_lease_records_nothing_and_its_result_is_refused() {
+    let queue: Arc<dyn Queue> = Arc::new(MemoryQueue::new());
+    let kv: Arc<dyn Kv> = Arc::new(MemoryKv::new());
+    let open = |name: &'static str, stall: bool| {
+        Runtime::builder()
+            .ignore_env()
+            .queue(Arc::clone(&queue))
+            .kv(Arc::clone(&kv))
+            .state(Worker { name, stall })
+            .configure(|c| {
+                c.concurrency = 1;
+                c.lease = Duration::from_millis(400);
+                c.poll_interval = Duration::from_millis(20);
+            })
+            .build()
+    };
+    let stalling = open("stalled", true).await.unwrap();
+    let id = stalling.enqueue(who_ran::enqueue()).await.unwrap().execution_id;
+
+    // The stalling worker gets a runtime of its own with one thread, which its job blocks.
+    let stop_stalled = CancellationToken::new();
+    let stalled = std::thread::spawn({
+        let (rt, stop) = (stalling.clone(), stop_stalled.clone());
+        move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(rt.run_workers(stop))
+        }
+    });
+    while !STALLED.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The other worker takes the job over once the lease lapses, runs it and records it.
+    let healthy = open("healthy", false).await.unwrap();
+    let stop = CancellationToken::new();
+    let workers = tokio::spawn({
+        let (rt, stop) = (healthy.clone(), stop.clone());
+        async move { rt.run_workers(stop).await }
+    });
+    let r = healthy.wait_for(id, Duration::from_secs(20)).await.unwrap().unwrap();
+    assert_eq!(r.result, Some(serde_json::json!("healthy")), "{r:?}");
+    // The stalled worker wakes, finishes, and its result is refused: the record keeps the
+    // healthy worker's result and the refusal is counted.
+    stop_stalled.cancel();
+    stalled.join().unwrap();
+    stop.cancel();
+    workers.await.unwrap();
+    let r = healthy.store().get(id).await.unwrap().unwrap();
+    assert_eq!(r.status, ExecutionStatus::Succeeded);
+    assert_eq!(r.result, Some(serde_json::json!("healthy")), "the stale result was not recorded: {r:?}");
+    assert_eq!(r.attempt, 2, "{r:?}");
+    let s = queue.stats().await.unwrap();
+    assert!(s.stale_settlements >= 1, "the refusal is counted: {s:?}");
     assert_eq!((s.ready, s.leased, s.dead), (0, 0, 0), "{s:?}");
 }

@@ -181,7 +181,7 @@ impl Dispatcher {
     /// per job.
     pub async fn run(self, stop: CancellationToken) -> WorkerReport {
         let shards = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
-        let (recorders, recorder_tasks) = Recorders::start(shards, &self.store, &self.queue);
+        let (recorders, recorder_tasks) = Recorders::start(shards, &self.store, &self.queue, self.options.lease);
         let shared = Arc::new(Shared {
             queue: self.queue,
             store: self.store,

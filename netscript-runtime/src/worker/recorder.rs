@@ -1,13 +1,22 @@
 //! Writes execution records and settles messages, in batches.
+//!
+//! Each batch is fenced, written, then settled. Fenced: the leases of the attempts that ended
+//! are extended first, in one call; an attempt whose lease is stale (it lapsed while the worker
+//! was stalled, and another worker holds the message now) writes no record and settles nothing,
+//! so a job is never recorded as finished by a worker that no longer holds it. The extension
+//! gives the write a whole fresh lease, and the queue counts the refusal
+//! (`QueueStats::stale_settlements`). Written before settled: a crash between the two re-runs
+//! the job rather than losing its record.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::job::{Progress, ProgressSink};
-use crate::queue::{Queue, Settlement};
+use crate::queue::{Lease, Queue, Settled, Settlement};
 use crate::store::{AttemptRecord, ExecutionId, ExecutionRecord, ExecutionStatus, ExecutionStore};
 use crate::time::Timestamp;
 
@@ -64,13 +73,14 @@ impl Recorders {
         shards: usize,
         store: &ExecutionStore,
         queue: &Arc<dyn Queue>,
+        lease: Duration,
     ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
         let mut senders = Vec::with_capacity(shards);
         let mut handles = Vec::with_capacity(shards);
         for _ in 0..shards.max(1) {
             let (tx, rx) = mpsc::channel(8192);
             senders.push(tx);
-            handles.push(tokio::spawn(run(rx, store.clone(), Arc::clone(queue))));
+            handles.push(tokio::spawn(run(rx, store.clone(), Arc::clone(queue), lease)));
         }
         (Self { shards: senders }, handles)
     }
@@ -108,8 +118,9 @@ impl ProgressSink for RecorderSink {
     }
 }
 
-/// Drains `rx` until every sender is dropped, writing each batch before settling it.
-async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dyn Queue>) {
+/// Drains `rx` until every sender is dropped, fencing and writing each batch before settling
+/// it (see the module docs).
+async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dyn Queue>, lease: Duration) {
     let mut live: HashMap<ExecutionId, ExecutionRecord> = HashMap::new();
     // Progress of attempts whose `Started` was not sent (yet): fast attempts skip it.
     let mut pending: HashMap<ExecutionId, Progress> = HashMap::new();
@@ -156,6 +167,9 @@ async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dy
                 Event::Shutdown => open = false,
             }
         }
+        if !fence(queue.as_ref(), lease, &mut records, &mut settlements).await {
+            continue;
+        }
         dirty.sort_unstable();
         dirty.dedup();
         // Finished records were moved into `records`; the ones still live are copied.
@@ -184,6 +198,39 @@ async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dy
             }
         }
     }
+}
+
+/// Extends the leases of the attempts that ended, and drops the records and settlements of
+/// those whose lease is stale. `false` when the queue could not be asked: the batch is then
+/// neither written nor settled, its leases lapse and its jobs run again (at least once).
+async fn fence(
+    queue: &dyn Queue,
+    lease: Duration,
+    records: &mut Vec<ExecutionRecord>,
+    settlements: &mut Vec<Settlement>,
+) -> bool {
+    if settlements.is_empty() {
+        return true;
+    }
+    let leases: Vec<Lease> = settlements.iter().map(|s| *s.lease()).collect();
+    let results = match queue.extend(&leases, lease).await {
+        Ok(results) => results,
+        Err(e) => {
+            tracing::error!(error = %e, count = leases.len(), "could not check leases before recording; their jobs will run again");
+            return false;
+        }
+    };
+    let stale: HashSet<crate::queue::MessageId> =
+        leases.iter().zip(&results).filter(|(_, r)| **r == Settled::Stale).map(|(l, _)| l.message_id).collect();
+    if !stale.is_empty() {
+        tracing::warn!(
+            stale = stale.len(),
+            "results refused: their leases had lapsed and another worker holds the jobs; nothing recorded for them"
+        );
+        settlements.retain(|s| !stale.contains(&s.lease().message_id));
+        records.retain(|r| !stale.contains(&r.id));
+    }
+    true
 }
 
 /// Applies an attempt's end to its record; `false` when nothing should be written.
