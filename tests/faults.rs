@@ -91,8 +91,7 @@ impl Kv for FlakyWrites {
         self.inner.get_many(keys).await
     }
     async fn atomic(&self, write: AtomicWrite) -> Result<Option<Versionstamp>, KvError> {
-        // Queued records are written with an "absent" check; fail only the others.
-        if write.checks.is_empty() && self.failing.load(Ordering::SeqCst) > 0 {
+        if self.failing.load(Ordering::SeqCst) > 0 {
             self.failing.fetch_sub(1, Ordering::SeqCst);
             return Err(KvError::Backend { backend: "flaky", message: "disk full".into() });
         }
@@ -143,7 +142,7 @@ async fn claims_that_fail_are_retried_and_every_job_still_runs() {
 
 #[tokio::test]
 async fn results_that_cannot_be_recorded_are_not_acked_and_the_jobs_run_again() {
-    let kv = Arc::new(FlakyWrites { inner: MemoryKv::new(), failing: AtomicU32::new(2) });
+    let kv = Arc::new(FlakyWrites { inner: MemoryKv::new(), failing: AtomicU32::new(0) });
     let rt = Runtime::builder()
         .ignore_env()
         .queue(Arc::new(MemoryQueue::new()))
@@ -156,6 +155,8 @@ async fn results_that_cannot_be_recorded_are_not_acked_and_the_jobs_run_again() 
         .unwrap();
     let ids: Vec<_> =
         rt.enqueue_many((0..5).map(count::enqueue).collect()).await.unwrap().iter().map(|r| r.execution_id).collect();
+    // The queued records are in; the next two writes (the workers' results) fail.
+    kv.failing.store(2, Ordering::SeqCst);
     run_until_recorded(&rt, &ids).await;
     assert_eq!(kv.failing.load(Ordering::SeqCst), 0, "the record writes did fail");
     // The runs whose records were lost ran again, and were recorded the second time.

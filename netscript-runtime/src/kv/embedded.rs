@@ -16,8 +16,7 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::broadcast;
 
-use super::memory::prefix_end;
-use super::{AtomicWrite, Entry, Key, Kv, KvError, KvEvent, KvWatch, ListOptions, Mutation, Versionstamp};
+use super::{AtomicWrite, Entry, Key, KeyRange, Kv, KvError, KvEvent, KvWatch, ListOptions, Mutation, Versionstamp};
 use crate::embedded::{Counter, EmbeddedDb, EmbeddedError};
 use crate::time::Timestamp;
 
@@ -151,6 +150,12 @@ impl Kv for EmbeddedKv {
             .collect())
     }
 
+    /// Submits every write at once: the writer thread takes them in order and commits them
+    /// together with whatever else is waiting, in one transaction.
+    async fn atomic_many(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Option<Versionstamp>>, KvError> {
+        futures::future::join_all(writes.into_iter().map(|w| self.atomic(w))).await.into_iter().collect()
+    }
+
     async fn atomic(&self, write: AtomicWrite) -> Result<Option<Versionstamp>, KvError> {
         let events = self.db.kv_events().clone();
         let prepared = Arc::new(PreparedWrite::new(write));
@@ -208,25 +213,7 @@ impl Kv for EmbeddedKv {
     }
 
     async fn list(&self, options: ListOptions) -> Result<Vec<Entry>, KvError> {
-        if options.limit == 0 {
-            return Ok(Vec::new());
-        }
-        let prefix = options.prefix.encode();
-        // Bounds, both exclusive: the prefix itself is not listed; the cursor narrows the side
-        // the listing continues from, never widens it.
-        let mut lower = prefix.clone();
-        let mut upper = prefix_end(&prefix);
-        if let Some(cursor) = &options.cursor {
-            let c = cursor.encode();
-            if options.reverse {
-                upper = Some(match upper {
-                    Some(u) if u < c => u,
-                    _ => c,
-                });
-            } else if c > lower {
-                lower = c;
-            }
-        }
+        let Some(KeyRange { lower, upper }) = options.key_range() else { return Ok(Vec::new()) };
         let order = if options.reverse { "DESC" } else { "ASC" };
         let upper_bound = if upper.is_some() { "AND key < ?4" } else { "AND ?4 IS NULL" };
         let sql = format!(

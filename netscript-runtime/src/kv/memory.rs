@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{AtomicWrite, Entry, Key, Kv, KvError, KvEvent, KvWatch, ListOptions, Mutation, Versionstamp};
+use super::{AtomicWrite, Entry, Key, KeyRange, Kv, KvError, KvEvent, KvWatch, ListOptions, Mutation, Versionstamp};
 use crate::time::Timestamp;
 
 /// Capacity of the change channel behind [`Kv::watch`]; a watcher further behind than this
@@ -53,17 +53,6 @@ fn live(entry: &Entry, now: Timestamp) -> bool {
 
 /// The first encoded key after every key that starts with `prefix`, or `None` when no such
 /// key exists (the prefix is all `0xff`).
-pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 #[async_trait]
 impl Kv for MemoryKv {
     fn provider(&self) -> &'static str {
@@ -120,29 +109,8 @@ impl Kv for MemoryKv {
 
     async fn list(&self, options: ListOptions) -> Result<Vec<Entry>, KvError> {
         let now = Timestamp::now();
-        let prefix = options.prefix.encode();
-        let mut lower = Bound::Excluded(prefix.clone());
-        let mut upper = match prefix_end(&prefix) {
-            Some(end) => Bound::Excluded(end),
-            None => Bound::Unbounded,
-        };
-        // The cursor narrows the range; it never widens it past the prefix.
-        if let Some(cursor) = &options.cursor {
-            let c = cursor.encode();
-            if options.reverse {
-                if matches!(&upper, Bound::Excluded(end) if c < *end) || matches!(upper, Bound::Unbounded) {
-                    upper = Bound::Excluded(c);
-                }
-            } else if c > prefix {
-                lower = Bound::Excluded(c);
-            }
-        }
-        // BTreeMap::range panics on an empty or inverted range.
-        if let (Bound::Excluded(lo), Bound::Excluded(hi)) = (&lower, &upper)
-            && lo >= hi
-        {
-            return Ok(Vec::new());
-        }
+        let Some(KeyRange { lower, upper }) = options.key_range() else { return Ok(Vec::new()) };
+        let (lower, upper) = (Bound::Excluded(lower), upper.map_or(Bound::Unbounded, Bound::Excluded));
         let st = self.lock();
         let range = st.entries.range::<Vec<u8>, _>((lower, upper));
         let keep = |(_, e): (&Vec<u8>, &Entry)| live(e, now).then(|| e.clone());
@@ -155,17 +123,5 @@ impl Kv for MemoryKv {
 
     fn watch(&self, prefix: &Key) -> KvWatch {
         KvWatch::new(prefix, self.events.subscribe())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_end_carries() {
-        assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
-        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
-        assert_eq!(prefix_end(&[0xff, 0xff]), None);
     }
 }

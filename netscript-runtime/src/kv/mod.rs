@@ -20,6 +20,10 @@ use crate::time::Timestamp;
 pub mod embedded;
 mod key;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 pub use key::{Key, KeyDecodeError, KeyPart};
 
@@ -142,7 +146,55 @@ pub struct ListOptions {
     pub reverse: bool,
 }
 
+/// The range of encoded keys a listing covers, both ends exclusive (`upper: None` is unbounded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    /// Keys above this.
+    pub lower: Vec<u8>,
+    /// Keys below this, if bounded.
+    pub upper: Option<Vec<u8>>,
+}
+
+/// The smallest byte string above every string that starts with `prefix`; `None` when there is
+/// none (the prefix is all `0xff`).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 impl ListOptions {
+    /// The encoded keys this listing covers: above the prefix (which is itself not listed) and
+    /// below its end, narrowed by the cursor on the side the listing continues from (never
+    /// widened). `None` when the range is empty or the limit is 0.
+    pub fn key_range(&self) -> Option<KeyRange> {
+        if self.limit == 0 {
+            return None;
+        }
+        let prefix = self.prefix.encode();
+        let mut upper = prefix_end(&prefix);
+        let mut lower = prefix;
+        if let Some(cursor) = &self.cursor {
+            let c = cursor.encode();
+            if self.reverse {
+                if upper.as_ref().is_none_or(|u| c < *u) {
+                    upper = Some(c);
+                }
+            } else if c > lower {
+                lower = c;
+            }
+        }
+        if upper.as_ref().is_some_and(|u| *u <= lower) {
+            return None;
+        }
+        Some(KeyRange { lower, upper })
+    }
+
     /// Every key under `prefix`, ascending, at most 1,000.
     pub fn prefix(prefix: Key) -> Self {
         Self { prefix, cursor: None, limit: 1000, reverse: false }
@@ -256,6 +308,18 @@ pub trait Kv: Send + Sync + 'static {
     /// when a check failed (nothing was written).
     async fn atomic(&self, write: AtomicWrite) -> Result<Option<Versionstamp>, KvError>;
 
+    /// Commits many independent writes in order, each all-or-nothing on its own checks, as
+    /// `atomic` would one after another (a later write sees the earlier ones); one result per
+    /// write. Backends override it to make the batch one round trip or one transaction; the
+    /// default calls `atomic` for each in turn.
+    async fn atomic_many(&self, writes: Vec<AtomicWrite>) -> Result<Vec<Option<Versionstamp>>, KvError> {
+        let mut out = Vec::with_capacity(writes.len());
+        for write in writes {
+            out.push(self.atomic(write).await?);
+        }
+        Ok(out)
+    }
+
     /// Entries under a prefix, in key order.
     async fn list(&self, options: ListOptions) -> Result<Vec<Entry>, KvError>;
 
@@ -283,5 +347,36 @@ pub trait Kv: Send + Sync + 'static {
     /// Removes `key`.
     async fn delete(&self, key: Key) -> Result<(), KvError> {
         self.atomic(AtomicWrite::new().delete(key)).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_carries() {
+        assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn a_cursor_narrows_the_range_on_its_side_and_never_widens_it() {
+        let prefix = Key::from(("a",));
+        let (p, end) = (prefix.encode(), prefix_end(&prefix.encode()));
+        let all = ListOptions::prefix(prefix.clone());
+        assert_eq!(all.key_range(), Some(KeyRange { lower: p.clone(), upper: end.clone() }));
+        let inside = Key::from(("a", "m"));
+        let forward = ListOptions { cursor: Some(inside.clone()), ..all.clone() };
+        assert_eq!(forward.key_range(), Some(KeyRange { lower: inside.encode(), upper: end.clone() }));
+        let backward = ListOptions { cursor: Some(inside.clone()), ..all.clone() }.reverse();
+        assert_eq!(backward.key_range(), Some(KeyRange { lower: p.clone(), upper: Some(inside.encode()) }));
+        // A cursor outside the prefix does not widen it; one past the end empties it.
+        let before = ListOptions { cursor: Some(Key::from(("0",))), ..all.clone() };
+        assert_eq!(before.key_range(), all.key_range());
+        let past = ListOptions { cursor: Some(Key::from(("z",))), ..all.clone() };
+        assert_eq!(past.key_range(), None);
+        assert_eq!(all.clone().limit(0).key_range(), None);
     }
 }

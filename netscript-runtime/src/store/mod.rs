@@ -93,40 +93,40 @@ impl ExecutionStore {
 
     /// Writes `records` in one atomic write, then publishes them on the feed.
     pub async fn put_many(&self, records: Vec<ExecutionRecord>) -> Result<(), StoreError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut write = AtomicWrite::new();
-        for r in &records {
-            write = write.set(key(r.id), encode(r));
-        }
-        self.kv.atomic(write).await?;
+        self.write(&records).await?;
         self.publish(records);
         Ok(())
     }
 
-    /// Writes each record whose execution has no record yet (a queued record must never
-    /// overwrite one a worker already wrote); returns how many were written.
-    pub async fn insert_new(&self, records: Vec<ExecutionRecord>) -> Result<usize, StoreError> {
-        // One conditional write per record, issued together: backends that group commits
-        // (embedded) turn them into one transaction.
-        let writes = records.iter().map(|r| {
-            let write = AtomicWrite::new().check(key(r.id), None).set(key(r.id), encode(r));
-            self.kv.atomic(write)
-        });
-        let results = futures::future::join_all(writes).await;
-        let mut written = Vec::with_capacity(records.len());
-        for (r, result) in records.into_iter().zip(results) {
-            if result?.is_some() {
-                written.push(r);
-            }
+    /// Writes `records` in one atomic write without publishing them: the caller publishes
+    /// (with [`ExecutionStore::publish`]) once they stand, or removes them.
+    pub async fn write(&self, records: &[ExecutionRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
         }
-        let n = written.len();
-        self.publish(written);
-        Ok(n)
+        let mut write = AtomicWrite::new();
+        for r in records {
+            write = write.set(key(r.id), encode(r));
+        }
+        self.kv.atomic(write).await?;
+        Ok(())
     }
 
-    fn publish(&self, records: Vec<ExecutionRecord>) {
+    /// Removes the records of `ids`, in one atomic write.
+    pub async fn delete_many(&self, ids: &[ExecutionId]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut write = AtomicWrite::new();
+        for id in ids {
+            write = write.delete(key(*id));
+        }
+        self.kv.atomic(write).await?;
+        Ok(())
+    }
+
+    /// Publishes records on the feed (see [`ExecutionStore::subscribe`]).
+    pub fn publish(&self, records: Vec<ExecutionRecord>) {
         if self.feed.receiver_count() == 0 {
             return;
         }
