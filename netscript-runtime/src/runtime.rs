@@ -1,12 +1,8 @@
 //! The runtime: wires the registry, the state, a queue and a key-value backend, the
 //! dispatcher and the API together. Built with [`Runtime::builder`].
 //!
-//! Provider discovery for `auto` (DESIGN.md §4): RabbitMQ (`RABBITMQ_URL`, `AMQP_URL`,
-//! `services__rabbitmq__*`), then Redis (`REDIS_URL`, `REDIS_URI`, `GARNET_URI`,
-//! `CACHE_PROVIDER=redis|garnet`, `services__redis__*`), then the embedded store. A provider
-//! whose variables are set but whose backend is not in this build is skipped with a
-//! warning. PostgreSQL is never auto-discovered. The choice and its reason are logged and
-//! shown by `GET /health`.
+//! Which backends it opens, and why, is [`crate::backends`]: discovery for `auto`, the key-value
+//! store that goes with each queue, and connecting to a broker.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -276,7 +272,7 @@ impl RuntimeBuilder {
         };
         registry.check_states(&self.states)?;
         let schedules = check_schedules(self.schedules.take().unwrap_or_else(|| SCHEDULES.iter().collect()))?;
-        let (queue, kv, reason) = open_backends(&self.config, self.queue.take(), self.kv.take())?;
+        let (queue, kv, reason) = crate::backends::open(&self.config, self.queue.take(), self.kv.take()).await?;
         let providers = Providers { queue: queue.provider(), kv: kv.provider(), reason };
         let paused = Arc::new(crate::worker::PausedTopics::default());
         paused.reload(kv.as_ref()).await.map_err(|e| StartupError::Backend {
@@ -300,104 +296,6 @@ impl RuntimeBuilder {
             }),
         })
     }
-}
-
-/// A queue and a key-value store.
-type BackendPair = (Arc<dyn Queue>, Arc<dyn Kv>);
-/// The backends and why they were chosen.
-type Backends = (Arc<dyn Queue>, Arc<dyn Kv>, String);
-
-fn open_backends(
-    config: &WorkersConfig,
-    queue: Option<Arc<dyn Queue>>,
-    kv: Option<Arc<dyn Kv>>,
-) -> Result<Backends, StartupError> {
-    if let (Some(q), Some(kv)) = (&queue, &kv) {
-        return Ok((Arc::clone(q), Arc::clone(kv), "given to the runtime builder".into()));
-    }
-    let (provider, reason) = match config.queue_provider {
-        QueueProvider::Auto => discover(|name| std::env::var(name).ok(), std::env::vars().map(|(k, _)| k)),
-        p => (p, format!("configured as `{}`", p.as_str())),
-    };
-    let (q, k): BackendPair = match provider {
-        QueueProvider::Memory => {
-            (Arc::new(crate::queue::memory::MemoryQueue::new()), Arc::new(crate::kv::memory::MemoryKv::new()))
-        }
-        QueueProvider::Embedded => open_embedded(config)?,
-        other => {
-            return Err(ConfigError::Unsupported {
-                field: "queue_provider",
-                value: other.as_str().into(),
-                message:
-                    "this version ships the embedded and memory backends; PostgreSQL, Redis and RabbitMQ are planned"
-                        .into(),
-            }
-            .into());
-        }
-    };
-    Ok((queue.unwrap_or(q), kv.unwrap_or(k), reason))
-}
-
-#[cfg(feature = "embedded")]
-fn open_embedded(config: &WorkersConfig) -> Result<BackendPair, StartupError> {
-    use crate::embedded::EmbeddedDb;
-    // The error names the file: a corrupt or unreadable store stops the app with its path.
-    let db = EmbeddedDb::open(&config.data_dir)
-        .map_err(|e| StartupError::Backend { provider: "embedded", message: e.to_string() })?;
-    let db = Arc::new(db);
-    Ok((
-        Arc::new(crate::queue::embedded::EmbeddedQueue::new(Arc::clone(&db), &config.queue_name)),
-        Arc::new(crate::kv::embedded::EmbeddedKv::new(db)),
-    ))
-}
-
-#[cfg(not(feature = "embedded"))]
-fn open_embedded(_: &WorkersConfig) -> Result<BackendPair, StartupError> {
-    Err(ConfigError::Unsupported {
-        field: "queue_provider",
-        value: "embedded".into(),
-        message: "this binary was built without the `embedded` feature".into(),
-    }
-    .into())
-}
-
-/// Picks a provider for `auto` from environment variables: `var` looks one up, `names`
-/// lists every variable's name (for the `services__*` prefixes).
-pub fn discover(var: impl Fn(&str) -> Option<String>, names: impl Iterator<Item = String>) -> (QueueProvider, String) {
-    let names: Vec<String> = names.collect();
-    let set = |n: &str| var(n).is_some_and(|v| !v.trim().is_empty());
-    let prefixed = |p: &str| names.iter().find(|n| n.starts_with(p)).cloned();
-    let amqp = ["RABBITMQ_URL", "AMQP_URL"]
-        .into_iter()
-        .find(|n| set(n))
-        .map(str::to_owned)
-        .or_else(|| prefixed("services__rabbitmq__"));
-    let redis = ["REDIS_URL", "REDIS_URI", "GARNET_URI"]
-        .into_iter()
-        .find(|n| set(n))
-        .map(str::to_owned)
-        .or_else(|| {
-            var("CACHE_PROVIDER")
-                .filter(|v| v.eq_ignore_ascii_case("redis") || v.eq_ignore_ascii_case("garnet"))
-                .map(|v| format!("CACHE_PROVIDER={v}"))
-        })
-        .or_else(|| prefixed("services__redis__"));
-    let mut skipped = Vec::new();
-    if let Some(v) = amqp {
-        skipped.push(format!("{v} is set but the amqp backend is not in this build"));
-    }
-    if let Some(v) = redis {
-        skipped.push(format!("{v} is set but the redis backend is not in this build"));
-    }
-    for s in &skipped {
-        tracing::warn!("queue discovery: {s}");
-    }
-    let fallback = if cfg!(feature = "embedded") { QueueProvider::Embedded } else { QueueProvider::Memory };
-    let mut reason = format!("auto: no broker configured, using {}", fallback.as_str());
-    if !skipped.is_empty() {
-        reason = format!("auto: {}; using {}", skipped.join("; "), fallback.as_str());
-    }
-    (fallback, reason)
 }
 
 impl Runtime {
@@ -527,22 +425,52 @@ impl Runtime {
                 updated_at: now,
             });
         }
-        let outcomes = self.inner.queue.enqueue(messages).await?;
+        // The queued records go in first, so that no worker can have written a later state
+        // yet, and a record exists from the moment its message can run. They are published
+        // at once too, so the feed shows queued before anything a worker writes; except the
+        // ones with an idempotency key, which may turn out to be duplicates that never run:
+        // those are published once the enqueue says they were created.
+        self.inner.store.write(&records).await?;
+        let keyed: std::collections::HashSet<MessageId> =
+            messages.iter().filter(|m| m.idempotency_key.is_some()).map(|m| m.id).collect();
+        self.inner.store.publish(records.iter().filter(|r| !keyed.contains(&r.id)).cloned().collect());
+        let outcomes = match self.inner.queue.enqueue(messages).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                self.remove_records(records.iter().map(|r| r.id).collect()).await;
+                return Err(e.into());
+            }
+        };
         let mut receipts = Vec::with_capacity(outcomes.len());
         let mut created = Vec::with_capacity(outcomes.len());
+        let mut unused = Vec::new();
         for (outcome, record) in outcomes.into_iter().zip(records) {
             match outcome {
                 Enqueued::Created(id) => {
                     receipts.push(Receipt { execution_id: id, duplicate: false });
-                    created.push(record);
+                    if keyed.contains(&record.id) {
+                        created.push(record);
+                    }
                 }
-                Enqueued::Duplicate(id) => receipts.push(Receipt { execution_id: id, duplicate: true }),
+                Enqueued::Duplicate(id) => {
+                    // The earlier message runs; this one's record was never needed.
+                    unused.push(record.id);
+                    receipts.push(Receipt { execution_id: id, duplicate: true });
+                }
             }
         }
-        // After the enqueue: a worker may already have written a later state, which this
-        // queued record must not overwrite (`insert_new` only fills empty slots).
-        self.inner.store.insert_new(created).await?;
+        self.remove_records(unused).await;
+        self.inner.store.publish(created);
         Ok(receipts)
+    }
+
+    /// Removes the queued records of messages that were never enqueued (duplicates, or a
+    /// failed enqueue). Best effort: a record left behind says queued for a message that does
+    /// not exist, which is logged, and never runs anything.
+    async fn remove_records(&self, ids: Vec<ExecutionId>) {
+        if let Err(e) = self.inner.store.delete_many(&ids).await {
+            tracing::warn!(error = %e, count = ids.len(), "could not remove the records of messages that were not enqueued");
+        }
     }
 
     /// The schedules registered with `#[scheduled]` (or given to the builder), by id.
@@ -803,40 +731,5 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(
-        pairs: &'static [(&'static str, &'static str)],
-    ) -> (impl Fn(&str) -> Option<String>, impl Iterator<Item = String>) {
-        (
-            move |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()),
-            pairs.iter().map(|(k, _)| k.to_string()),
-        )
-    }
-
-    #[test]
-    fn discovery_falls_back_to_embedded_and_says_why() {
-        let (var, names) = env(&[]);
-        let (p, reason) = discover(var, names);
-        assert_eq!(p, QueueProvider::Embedded);
-        assert!(reason.contains("no broker"), "{reason}");
-    }
-
-    #[test]
-    fn discovery_names_brokers_it_cannot_use_yet() {
-        let (var, names) = env(&[("services__redis__url", "x"), ("AMQP_URL", "amqp://localhost")]);
-        let (p, reason) = discover(var, names);
-        assert_eq!(p, QueueProvider::Embedded);
-        assert!(reason.contains("AMQP_URL is set"), "{reason}");
-        assert!(reason.contains("services__redis__url is set"), "{reason}");
-        let (var, names) = env(&[("CACHE_PROVIDER", "garnet")]);
-        assert!(discover(var, names).1.contains("CACHE_PROVIDER=garnet"));
-        let (var, names) = env(&[("CACHE_PROVIDER", "memcached")]);
-        assert!(discover(var, names).1.contains("no broker"));
     }
 }

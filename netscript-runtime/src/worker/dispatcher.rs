@@ -53,6 +53,9 @@ pub struct WorkerReport {
 struct InFlight {
     lease: Lease,
     stop: CancellationToken,
+    /// When the call that granted the lease its current expiry was issued (the claim, then
+    /// each heartbeat's extension): the lease holds at least until this plus the lease.
+    renewed: std::time::Instant,
 }
 
 /// How long an attempt runs before its record is shown as running.
@@ -339,6 +342,7 @@ async fn refill(shared: &Shared) {
         open
     };
     let request = ClaimRequest { topics, max: shared.claim_size(), lease: shared.options.lease };
+    let issued = std::time::Instant::now();
     match shared.queue.claim(request).await {
         Ok(deliveries) if deliveries.is_empty() => {
             shared.claim_errors.store(0, Ordering::Relaxed);
@@ -352,7 +356,7 @@ async fn refill(shared: &Shared) {
             let mut in_flight = shared.lock_in_flight();
             // Prefetched claims are kept alive by the heartbeat like running ones.
             for d in &deliveries {
-                in_flight.insert(d.id, InFlight { lease: d.lease, stop: CancellationToken::new() });
+                in_flight.insert(d.id, InFlight { lease: d.lease, stop: CancellationToken::new(), renewed: issued });
             }
             drop(in_flight);
             shared.lock_buffer().extend(deliveries);
@@ -382,12 +386,15 @@ fn claim_size(concurrency: usize, pace_ns: u64) -> usize {
 /// Runs one delivery to its end and tells the recorder.
 async fn run_one(shared: &Shared, d: Delivery) {
     let Some(job) = shared.registry.get(&d.kind) else {
-        shared.lock_in_flight().remove(&d.id);
+        let renewed = shared.lock_in_flight().remove(&d.id).map(|f| f.renewed);
         let error = format!("no job `{}` is registered in this binary", d.kind);
         tracing::error!(execution = %d.id, "{error}");
         let record = Box::new(started_record(shared, &d, 1).await);
         let settlement = Settlement::DeadLetter { lease: d.lease, error: error.clone() };
-        shared.events.send(Event::Finished { record, end: End::Dead { error }, settlement: Some(settlement) }).await;
+        shared
+            .events
+            .send(Event::Finished { record, end: End::Dead { error }, settlement: Some(settlement), renewed })
+            .await;
         return;
     };
     let stop = match shared.lock_in_flight().get(&d.id) {
@@ -411,13 +418,14 @@ async fn run_one(shared: &Shared, d: Delivery) {
     );
     if stop.is_cancelled() && shared.take_cancelled(d.id) {
         // Cancelled while it waited in the prefetch buffer: never started.
-        shared.lock_in_flight().remove(&d.id);
+        let renewed = shared.lock_in_flight().remove(&d.id).map(|f| f.renewed);
         shared
             .events
             .send(Event::Finished {
                 record: Box::new(record),
                 end: End::Cancelled,
                 settlement: Some(Settlement::Ack(d.lease)),
+                renewed,
             })
             .await;
         return;
@@ -436,7 +444,7 @@ async fn run_one(shared: &Shared, d: Delivery) {
         }
     };
     shared.record_pace(began.elapsed());
-    shared.lock_in_flight().remove(&d.id);
+    let renewed = shared.lock_in_flight().remove(&d.id).map(|f| f.renewed);
 
     // A cancel request wins over however the run ended, unless it finished its work: a job
     // that sees its signal usually returns an error at once, which must not be retried.
@@ -464,7 +472,7 @@ async fn run_one(shared: &Shared, d: Delivery) {
     };
     // Sending only queues the end; the write happens in batches. A drain that has every
     // slot back has every end too.
-    shared.events.send(Event::Finished { record: Box::new(record), end, settlement }).await;
+    shared.events.send(Event::Finished { record: Box::new(record), end, settlement, renewed }).await;
 }
 
 /// The record of an attempt that is starting.
@@ -581,10 +589,17 @@ async fn heartbeat(shared: Arc<Shared>) {
             continue;
         }
         cancel_requested_in_store(&shared).await;
+        let issued = std::time::Instant::now();
         match shared.queue.extend(&leases, shared.options.lease).await {
             Ok(results) => {
                 for (lease, result) in leases.iter().zip(results) {
-                    if result == Settled::Stale {
+                    if result == Settled::Ok {
+                        if let Some(f) = shared.lock_in_flight().get_mut(&lease.message_id)
+                            && f.lease == *lease
+                        {
+                            f.renewed = issued;
+                        }
+                    } else {
                         tracing::warn!(execution = %lease.message_id, "lease lost to another worker; stopping this attempt");
                         if let Some(f) = shared.lock_in_flight().get(&lease.message_id) {
                             f.stop.cancel();

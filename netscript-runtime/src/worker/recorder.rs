@@ -1,16 +1,19 @@
 //! Writes execution records and settles messages, in batches.
 //!
-//! Each batch is fenced, written, then settled. Fenced: the leases of the attempts that ended
-//! are extended first, in one call; an attempt whose lease is stale (it lapsed while the worker
-//! was stalled, and another worker holds the message now) writes no record and settles nothing,
-//! so a job is never recorded as finished by a worker that no longer holds it. The extension
-//! gives the write a whole fresh lease, and the queue counts the refusal
-//! (`QueueStats::stale_settlements`). Written before settled: a crash between the two re-runs
-//! the job rather than losing its record.
+//! Each batch is fenced, written, then settled. Fenced: an attempt whose lease may have lapsed
+//! (more than half of it has passed since the claim or the last heartbeat extension was issued,
+//! by this process's monotonic clock: the worker stalled, or its heartbeats failed) has its
+//! lease extended first, all such leases in one call. A stale one (another worker holds the
+//! message now) writes no record and settles nothing, so a job is never recorded as finished by
+//! a worker that no longer holds it; the queue counts the refusal
+//! (`QueueStats::stale_settlements`). The other attempts hold at least half a lease, which no
+//! one else can claim while the write runs, so the common case costs no extra round trip.
+//! Written before settled: a crash between the two re-runs the job rather than losing its
+//! record.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -35,8 +38,9 @@ pub(crate) enum Event {
     /// A progress report.
     Progress(ExecutionId, Progress),
     /// An attempt ended: the record as it started (used when no `Started` was sent), how
-    /// to change it, and how to settle the message.
-    Finished { record: Box<ExecutionRecord>, end: End, settlement: Option<Settlement> },
+    /// to change it, how to settle the message, and when its lease was last renewed (`None`:
+    /// unknown, so it is fenced).
+    Finished { record: Box<ExecutionRecord>, end: End, settlement: Option<Settlement>, renewed: Option<Instant> },
     /// The dispatcher has drained: write what is left and stop.
     Shutdown,
 }
@@ -150,7 +154,7 @@ async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dy
                         pending.insert(id, progress);
                     }
                 },
-                Event::Finished { record, end, settlement } => {
+                Event::Finished { record, end, settlement, renewed } => {
                     let id = record.id;
                     let progress = pending.remove(&id);
                     // The live record has the progress seen so far; without one, this is an
@@ -162,7 +166,7 @@ async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dy
                     if apply_end(&mut r, end) {
                         records.push(r);
                     }
-                    settlements.extend(settlement);
+                    settlements.extend(settlement.map(|s| (s, renewed)));
                 }
                 Event::Shutdown => open = false,
             }
@@ -170,6 +174,7 @@ async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dy
         if !fence(queue.as_ref(), lease, &mut records, &mut settlements).await {
             continue;
         }
+        let settlements: Vec<Settlement> = settlements.into_iter().map(|(s, _)| s).collect();
         dirty.sort_unstable();
         dirty.dedup();
         // Finished records were moved into `records`; the ones still live are copied.
@@ -200,19 +205,21 @@ async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dy
     }
 }
 
-/// Extends the leases of the attempts that ended, and drops the records and settlements of
-/// those whose lease is stale. `false` when the queue could not be asked: the batch is then
-/// neither written nor settled, its leases lapse and its jobs run again (at least once).
+/// Extends the leases of the attempts that ended whose lease may have lapsed, and drops the
+/// records and settlements of those whose lease is stale. `false` when the queue could not be
+/// asked: the batch is then neither written nor settled, its leases lapse and its jobs run
+/// again (at least once).
 async fn fence(
     queue: &dyn Queue,
     lease: Duration,
     records: &mut Vec<ExecutionRecord>,
-    settlements: &mut Vec<Settlement>,
+    settlements: &mut Vec<(Settlement, Option<Instant>)>,
 ) -> bool {
-    if settlements.is_empty() {
+    let doubtful = |renewed: &Option<Instant>| renewed.is_none_or(|at| at.elapsed() > lease / 2);
+    let leases: Vec<Lease> = settlements.iter().filter(|(_, r)| doubtful(r)).map(|(s, _)| *s.lease()).collect();
+    if leases.is_empty() {
         return true;
     }
-    let leases: Vec<Lease> = settlements.iter().map(|s| *s.lease()).collect();
     let results = match queue.extend(&leases, lease).await {
         Ok(results) => results,
         Err(e) => {
@@ -227,7 +234,7 @@ async fn fence(
             stale = stale.len(),
             "results refused: their leases had lapsed and another worker holds the jobs; nothing recorded for them"
         );
-        settlements.retain(|s| !stale.contains(&s.lease().message_id));
+        settlements.retain(|(s, _)| !stale.contains(&s.lease().message_id));
         records.retain(|r| !stale.contains(&r.id));
     }
     true
