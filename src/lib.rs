@@ -30,11 +30,18 @@
 //! See the README for the tour, and `ARCHITECTURE.md` for how the pieces fit.
 
 pub use netscript_macros::{job, scheduled};
+/// The PostgreSQL connection, schema and options (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use netscript_runtime::postgres;
+/// The Redis connection and options (feature `redis`).
+#[cfg(feature = "redis")]
+pub use netscript_runtime::redis;
 pub use netscript_runtime::runtime::{CancelOutcome, EnqueueError, Providers, Receipt};
 pub use netscript_runtime::{
     Backoff, CancellationToken, EnqueueJob, EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, JobContext,
     JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, Runtime, RuntimeBuilder,
-    StartupError, State, WorkersConfig, api, cli, config, cron, job as jobs, kv, queue, scheduler, store, time, worker,
+    StartupError, State, WorkersConfig, api, backends, cli, config, cron, job as jobs, kv, queue, scheduler, store,
+    time, worker,
 };
 
 /// Runs the app: parses the command line (`serve`, `jobs`, `trigger`, `executions`, ...) and

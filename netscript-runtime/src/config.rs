@@ -3,8 +3,8 @@
 //!
 //! Built in code with defaults, then overridden by the environment
 //! ([`WorkersConfig::apply_env`]). Settings whose machinery has not landed yet (runner modes
-//! other than `in-process`, per-topic worker groups, server backends) are accepted by the
-//! type but refused by [`WorkersConfig::validate`] with a clear error, never silently ignored.
+//! other than `in-process`, per-topic worker groups) are accepted by the type but refused by
+//! [`WorkersConfig::validate`] with a clear error, never silently ignored.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -195,6 +195,125 @@ pub struct WorkersConfig {
     pub api_token: Option<ApiToken>,
     /// Largest request body the API accepts, in bytes (default 1 MiB).
     pub api_body_limit: usize,
+    /// Where the brokers are (from code, or the environment: see [`Brokers`]).
+    pub brokers: Brokers,
+    /// Separates apps that share a broker: the PostgreSQL schema, the Redis key prefix, the
+    /// RabbitMQ exchange and queue prefix (default `netscript`; `NETSCRIPT_NAMESPACE`).
+    pub namespace: String,
+    /// How long startup keeps retrying a broker that does not answer, with a logged backoff
+    /// (default 0: fail at once with an error naming the URL; `NETSCRIPT_BROKER_WAIT`, e.g. `30s`).
+    pub broker_wait: Duration,
+}
+
+/// A broker's URL and where it came from (`REDIS_URL`, `configured in code`, ...). Its `Debug`
+/// and `Display` output hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// The URL, password included.
+    pub url: String,
+    /// Where it was found, for the startup log and `GET /health`.
+    pub source: String,
+}
+
+impl BrokerUrl {
+    /// A URL set in code.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), source: "configured in code".into() }
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl std::fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BrokerUrl({} from {})", self.redacted(), self.source)
+    }
+}
+
+impl std::fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// `scheme://user:secret@host/...` → `scheme://user:***@host/...`; anything else unchanged.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
+    match rest[..at].find(':') {
+        Some(colon) => format!("{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// The brokers a runtime may use. From the environment: PostgreSQL from `DATABASE_URL` or
+/// `POSTGRES_URL`; Redis from `REDIS_URL`, `REDIS_URI`, `GARNET_URI`, `services__redis__*`, or
+/// `CACHE_PROVIDER=redis|garnet` (then `redis://127.0.0.1:6379`); RabbitMQ from `RABBITMQ_URL`,
+/// `AMQP_URL` or `services__rabbitmq__*`. Setting a URL does not choose the provider: `auto`
+/// discovery does (see [`crate::backends`]), or `queue_provider`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Brokers {
+    /// PostgreSQL.
+    pub postgres: Option<BrokerUrl>,
+    /// Redis or Garnet.
+    pub redis: Option<BrokerUrl>,
+    /// RabbitMQ.
+    pub amqp: Option<BrokerUrl>,
+}
+
+impl Brokers {
+    /// Reads the variables above: `var` looks one up, `names` lists every variable's name (for
+    /// the `services__*` prefixes, whose value may be `host:port` or `tcp://host:port`).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>, names: &[String]) -> Self {
+        let first = |candidates: &[&str]| {
+            candidates.iter().find_map(|n| {
+                var(n)
+                    .filter(|v| !v.trim().is_empty())
+                    .map(|v| BrokerUrl { url: v.trim().to_owned(), source: (*n).into() })
+            })
+        };
+        let service = |prefix: &str, scheme: &str| {
+            let mut found: Vec<&String> = names.iter().filter(|n| n.starts_with(prefix)).collect();
+            found.sort();
+            found.into_iter().find_map(|n| {
+                let v = var(n)?;
+                let v = v.trim();
+                let url = match v.split_once("://") {
+                    Some(("tcp", rest)) => format!("{scheme}://{rest}"),
+                    Some(_) => v.to_owned(),
+                    None if v.is_empty() => return None,
+                    None => format!("{scheme}://{v}"),
+                };
+                Some(BrokerUrl { url, source: n.clone() })
+            })
+        };
+        let redis = first(&["REDIS_URL", "REDIS_URI", "GARNET_URI"])
+            .or_else(|| service("services__redis__", "redis"))
+            .or_else(|| {
+                var("CACHE_PROVIDER")
+                    .filter(|v| v.eq_ignore_ascii_case("redis") || v.eq_ignore_ascii_case("garnet"))
+                    .map(|v| BrokerUrl { url: "redis://127.0.0.1:6379".into(), source: format!("CACHE_PROVIDER={v}") })
+            });
+        Self {
+            postgres: first(&["DATABASE_URL", "POSTGRES_URL"]),
+            redis,
+            amqp: first(&["RABBITMQ_URL", "AMQP_URL"]).or_else(|| service("services__rabbitmq__", "amqp")),
+        }
+    }
+
+    /// Fills in the brokers `other` knows and this does not (code wins over the environment).
+    pub fn or(self, other: Brokers) -> Self {
+        Self {
+            postgres: self.postgres.or(other.postgres),
+            redis: self.redis.or(other.redis),
+            amqp: self.amqp.or(other.amqp),
+        }
+    }
 }
 
 /// The API's bearer token. Its `Debug` output never shows the token.
@@ -241,6 +360,9 @@ impl Default for WorkersConfig {
             poll_interval: Duration::from_millis(200),
             api_token: None,
             api_body_limit: 1024 * 1024,
+            brokers: Brokers::default(),
+            namespace: "netscript".into(),
+            broker_wait: Duration::ZERO,
         }
     }
 }
@@ -255,12 +377,34 @@ pub struct EnvReport {
 impl WorkersConfig {
     /// Overrides settings from the process environment.
     pub fn apply_env(&mut self) -> Result<EnvReport, ConfigError> {
-        self.apply_vars(|name| std::env::var(name).ok())
+        let vars: BTreeMap<String, String> = std::env::vars().collect();
+        let names: Vec<String> = vars.keys().cloned().collect();
+        self.apply_environment(|name| vars.get(name).cloned(), &names)
     }
 
-    /// Overrides settings from `var` (a lookup such as `std::env::var`).
+    /// Overrides settings from `var` (a lookup such as `std::env::var`). The `services__*`
+    /// broker variables need their names listed: see [`WorkersConfig::apply_environment`].
     pub fn apply_vars(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<EnvReport, ConfigError> {
+        self.apply_environment(var, &[])
+    }
+
+    /// Overrides settings from `var`; `names` lists the variables' names.
+    pub fn apply_environment(
+        &mut self,
+        var: impl Fn(&str) -> Option<String>,
+        names: &[String],
+    ) -> Result<EnvReport, ConfigError> {
         let mut report = EnvReport::default();
+        self.brokers = std::mem::take(&mut self.brokers).or(Brokers::from_vars(&var, names));
+        if let Some(v) = var("NETSCRIPT_NAMESPACE") {
+            self.namespace = v.trim().to_owned();
+        }
+        if let Some(v) = var("NETSCRIPT_BROKER_WAIT") {
+            self.broker_wait = humantime::parse_duration(v.trim()).map_err(|e| ConfigError::Invalid {
+                field: "broker_wait",
+                message: format!("NETSCRIPT_BROKER_WAIT=`{v}` is not a duration such as 30s: {e}"),
+            })?;
+        }
         match (var("WORKERS_CONCURRENCY"), var("WORKER_CONCURRENCY")) {
             (Some(v), _) => self.concurrency = parse_concurrency(&v)?,
             (None, Some(v)) => report.warnings.push(format!(
@@ -298,6 +442,21 @@ impl WorkersConfig {
         }
         if self.queue_name.is_empty() {
             return Err(ConfigError::Invalid { field: "queue_name", message: "must not be empty".into() });
+        }
+        let namespace_ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+        if self.namespace.is_empty()
+            || self.namespace.len() > 48
+            || !self.namespace.chars().all(namespace_ok)
+            || self.namespace.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(ConfigError::Invalid {
+                field: "namespace",
+                message: format!(
+                    "`{}` must be 1 to 48 lowercase letters, digits or `_`, starting with a letter \
+                     (it names a PostgreSQL schema)",
+                    self.namespace
+                ),
+            });
         }
         if self.api_token.as_ref().is_some_and(ApiToken::is_empty) {
             return Err(ConfigError::Invalid {
@@ -390,6 +549,39 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cret"));
         c.api_token = Some(ApiToken::new(""));
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "api_token", .. })));
+    }
+
+    #[test]
+    fn broker_urls_come_from_the_documented_variables_and_hide_passwords() {
+        let pairs: &[(&str, &str)] = &[
+            ("AMQP_URL", "amqp://guest:guest@mq:5672/%2f"),
+            ("services__redis__tcp__0", "tcp://cache:6379"),
+            ("POSTGRES_URL", "postgres://app:pw@db/app"),
+        ];
+        let names: Vec<String> = pairs.iter().map(|(k, _)| k.to_string()).collect();
+        let var = |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string());
+        let mut c = WorkersConfig::default();
+        c.apply_environment(var, &names).unwrap();
+        let b = &c.brokers;
+        assert_eq!(b.amqp.as_ref().unwrap().source, "AMQP_URL");
+        assert_eq!(b.redis.as_ref().unwrap().url, "redis://cache:6379");
+        assert_eq!(b.postgres.as_ref().unwrap().url, "postgres://app:pw@db/app");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("pw@") && !shown.contains("guest@"), "{shown}");
+        assert_eq!(redact_url("redis://:s3cret@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        // Code wins over the environment.
+        let mut c = WorkersConfig::default();
+        c.brokers.postgres = Some(BrokerUrl::new("postgres://code/db"));
+        c.apply_vars(vars(&[("DATABASE_URL", "postgres://env/db"), ("CACHE_PROVIDER", "Garnet")])).unwrap();
+        assert_eq!(c.brokers.postgres.as_ref().unwrap().url, "postgres://code/db");
+        assert_eq!(c.brokers.redis.as_ref().unwrap().source, "CACHE_PROVIDER=Garnet");
+        c.apply_vars(vars(&[("NETSCRIPT_NAMESPACE", "billing")])).unwrap();
+        assert_eq!((c.namespace.as_str(), c.validate()), ("billing", Ok(())));
+        c.namespace = "Bad-Name".into();
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "namespace", .. })));
+        let e = c.apply_vars(vars(&[("NETSCRIPT_BROKER_WAIT", "soon")])).unwrap_err();
+        assert!(e.to_string().contains("NETSCRIPT_BROKER_WAIT"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! [`runtime`] (the builder that wires it together).
 
 pub mod api;
+pub mod backends;
 pub mod cli;
 pub mod config;
 /// Cron expressions, timezones and next fire times: the `netscript-cron` crate, which the
@@ -24,7 +25,11 @@ pub use netscript_cron as cron;
 pub mod embedded;
 pub mod job;
 pub mod kv;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod queue;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;

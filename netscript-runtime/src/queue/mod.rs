@@ -20,9 +20,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::time::Timestamp;
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// A message's id: a UUIDv7, so ids sort by creation time.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]

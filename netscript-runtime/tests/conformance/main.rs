@@ -577,6 +577,36 @@ async fn kv_atomic_check_and_conflict(kv: Arc<dyn Kv>) {
     assert!(v3 > v2);
 }
 
+async fn kv_atomic_many_applies_each_write_on_its_own(kv: Arc<dyn Kv>) {
+    let taken = kv.set(k(&["seat", "2"]), b"someone".to_vec()).await.unwrap();
+    let claim = |seat: &str, who: &str| {
+        AtomicWrite::new().check(k(&["seat", seat]), None).set(k(&["seat", seat]), who.as_bytes().to_vec())
+    };
+    let out = kv
+        .atomic_many(vec![
+            claim("1", "ann"),
+            claim("2", "bob"),
+            // Two writes on one key in one batch: they apply in order, the second sees the first.
+            claim("3", "cy"),
+            claim("3", "dee"),
+            AtomicWrite::new().check(k(&["seat", "2"]), Some(taken)).delete(k(&["seat", "2"])),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 5);
+    let (v1, v3, v5) = (out[0].unwrap(), out[2].unwrap(), out[4].unwrap());
+    assert_eq!((out[1], out[3]), (None, None), "{out:?}");
+    assert!(v1 > taken && v3 > v1 && v5 > v3, "versionstamps grow in batch order: {out:?}");
+    let seat = |n: &'static str| {
+        let kv = Arc::clone(&kv);
+        async move { kv.get(&k(&["seat", n])).await.unwrap().map(|e| e.value) }
+    };
+    assert_eq!(seat("1").await.as_deref(), Some(&b"ann"[..]));
+    assert_eq!(seat("2").await, None, "the failed claim wrote nothing; the later delete applied");
+    assert_eq!(seat("3").await.as_deref(), Some(&b"cy"[..]));
+    assert!(kv.atomic_many(Vec::new()).await.unwrap().is_empty());
+}
+
 async fn kv_check_absent(kv: Arc<dyn Kv>) {
     let create = || AtomicWrite::new().check(k(&["lock"]), None).set(k(&["lock"]), b"mine".to_vec());
     assert!(kv.atomic(create()).await.unwrap().is_some());
@@ -792,6 +822,7 @@ macro_rules! conformance {
         kv_case!(kv_versionstamps_increase);
         kv_case!(kv_atomic_check_and_conflict);
         kv_case!(kv_check_absent);
+        kv_case!(kv_atomic_many_applies_each_write_on_its_own);
         kv_case!(kv_concurrent_conditional_writes);
         kv_case!(kv_ttl_expiry);
         kv_case!(kv_list_prefix_limit_reverse_cursor);
@@ -847,3 +878,10 @@ async fn embedded_kv() -> (Arc<dyn Kv>, Guard) {
 
 #[cfg(feature = "embedded")]
 conformance!(embedded, queue: embedded_queue, kv: embedded_kv);
+
+#[cfg(feature = "amqp")]
+mod amqp;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
