@@ -4,7 +4,13 @@
 //! cargo bench --bench throughput                 # memory and embedded
 //! cargo bench --bench throughput -- embedded     # one backend
 //! JOBS=50000 cargo bench --bench throughput      # another backlog size
+//! cargo bench --all-features --bench throughput -- postgres redis amqp   # the brokers
+//! NETSCRIPT_TEST_POSTGRES_URL=postgres://me@db/app cargo bench --features postgres --bench throughput -- postgres
 //! ```
+//!
+//! Brokers are reached at `NETSCRIPT_TEST_POSTGRES_URL`, `NETSCRIPT_TEST_REDIS_URL` and
+//! `NETSCRIPT_TEST_AMQP_URL` (default: the local services), each run in a namespace of its own
+//! (a PostgreSQL schema, a Redis key prefix) that is removed afterwards.
 //!
 //! Throughput: a backlog of JOBS no-op jobs is enqueued (in batches of 1,000), then the
 //! workers start with the default configuration (concurrency 2) and the clock runs until
@@ -19,6 +25,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use netscript::prelude::*;
 use netscript::{CancellationToken, QueueProvider, store::ExecutionFilter};
@@ -55,13 +64,24 @@ fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-async fn runtime(provider: QueueProvider, dir: &std::path::Path) -> Runtime {
-    Runtime::builder().ignore_env().provider(provider).data_dir(dir).build().await.expect("runtime")
+/// A runtime on `provider` with the default settings, in a namespace of its own (removed when
+/// the guard drops).
+async fn runtime(provider: QueueProvider, dir: &std::path::Path) -> (Runtime, support::DropNamespace) {
+    let namespace = support::unique_namespace("bench");
+    let guard = support::DropNamespace(provider, namespace.clone());
+    let rt = Runtime::builder()
+        .ignore_env()
+        .data_dir(dir)
+        .configure(|c| support::configure(c, provider, &namespace))
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("{} runtime: {e}", provider.as_str()));
+    (rt, guard)
 }
 
 async fn throughput(provider: QueueProvider, jobs: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(provider, dir.path()).await;
+    let (rt, _namespace) = runtime(provider, dir.path()).await;
     DONE.store(0, Ordering::Relaxed);
     let t = Instant::now();
     for chunk in (0..jobs).collect::<Vec<_>>().chunks(1000) {
@@ -110,7 +130,7 @@ async fn throughput(provider: QueueProvider, jobs: usize) {
 
 async fn latency(provider: QueueProvider, samples: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(provider, dir.path()).await;
+    let (rt, _namespace) = runtime(provider, dir.path()).await;
     let (tx, rx) = std_mpsc::sync_channel(1);
     *STARTED.lock().expect("lock") = Some(tx);
     let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
@@ -153,8 +173,11 @@ fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let jobs: usize = std::env::var("JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
-    for provider in [QueueProvider::Memory, QueueProvider::Embedded] {
-        if !filter.is_empty() && !filter.iter().any(|f| f == provider.as_str()) {
+    for provider in support::providers() {
+        // The brokers run when asked for by name; by default, the two that need no server.
+        let named = filter.iter().any(|f| f == provider.as_str());
+        let default = filter.is_empty() && matches!(provider, QueueProvider::Memory | QueueProvider::Embedded);
+        if !named && !default {
             continue;
         }
         rt.block_on(async {
