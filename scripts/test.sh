@@ -10,4 +10,7 @@ if ! python3 -c "import openapi_spec_validator" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator
 fi
 
+# The backend tests use real PostgreSQL, Redis and RabbitMQ servers: start any that is down.
+./scripts/services.sh
+
 cargo test --workspace --all-features "$@"
