@@ -1,6 +1,6 @@
 //! The scheduler on a controllable clock: ticks fire as the clock moves, triggers, unschedule,
 //! listings, events, retries, missed-tick policies across a restart, and one enqueue per tick
-//! when three schedulers share one store.
+//! when three schedulers share one store (the embedded file, and each broker in the build).
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -16,6 +16,8 @@ use netscript::scheduler::{
 use netscript::store::ExecutionFilter;
 use netscript::{QueueProvider, Receipt};
 use tokio::sync::broadcast;
+
+mod support;
 
 /// Notes which tick enqueued it.
 #[job(id = "sync-note", retries = 0)]
@@ -408,13 +410,62 @@ async fn missed_ticks_are_skipped_or_fired_once_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_schedulers_on_one_store_enqueue_each_tick_once() {
-    const TICKS: usize = 6;
     let dir = tempfile::tempdir().unwrap();
+    // Three runtimes, each opening the same SQLite file, as three processes would.
+    let mut runtimes = Vec::new();
+    for _ in 0..3 {
+        runtimes.push(embedded_runtime(dir.path()).await);
+    }
+    each_tick_enqueued_once(runtimes).await;
+}
+
+/// Three runtimes on one broker, each with connections of its own, as three processes would
+/// have, in a namespace no other test uses.
+#[cfg(any(feature = "postgres", feature = "redis", feature = "amqp"))]
+async fn three_schedulers_on_a_broker(provider: QueueProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = support::unique_namespace("sched");
+    let _cleanup = support::DropNamespace(provider, namespace.clone());
+    let mut runtimes = Vec::new();
+    for _ in 0..3 {
+        let rt = Runtime::builder()
+            .ignore_env()
+            // RabbitMQ's companion store: the one embedded file all three share.
+            .data_dir(dir.path())
+            .configure(|c| support::configure(c, provider, &namespace))
+            .build()
+            .await
+            .unwrap();
+        runtimes.push(rt);
+    }
+    each_tick_enqueued_once(runtimes).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_schedulers_on_postgres_enqueue_each_tick_once() {
+    three_schedulers_on_a_broker(QueueProvider::Postgres).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_schedulers_on_redis_enqueue_each_tick_once() {
+    three_schedulers_on_a_broker(QueueProvider::Redis).await;
+}
+
+#[cfg(feature = "amqp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_schedulers_on_rabbitmq_enqueue_each_tick_once() {
+    three_schedulers_on_a_broker(QueueProvider::Amqp).await;
+}
+
+/// Every runtime schedules the same every-minute schedule on one clock; each tick is enqueued
+/// by all of them and creates one execution.
+async fn each_tick_enqueued_once(runtimes: Vec<Runtime>) {
+    const TICKS: usize = 6;
     let clock = Arc::new(ManualClock::new(at("2026-01-01T00:00:30Z")));
     let mut schedulers = Vec::new();
-    // Three runtimes, each opening the same SQLite file, as three processes would.
-    for _ in 0..3 {
-        let rt = embedded_runtime(dir.path()).await;
+    for rt in runtimes {
         let scheduler = Scheduler::with_clock(rt, clock.clone());
         let events = scheduler.subscribe();
         scheduler.schedule("notes", every_minute(), enqueue_note, ScheduleOptions::default()).await.unwrap();
