@@ -14,55 +14,14 @@ use netscript_runtime::queue::redis::RedisQueue;
 use netscript_runtime::queue::{ClaimRequest, NewMessage, Queue, Settled, Settlement};
 use netscript_runtime::redis::{RedisDb, RedisError, RedisOptions};
 
-fn redis_url() -> String {
-    std::env::var("NETSCRIPT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+#[path = "support/redis_namespace.rs"]
+mod redis_namespace;
 
-/// A unique key prefix, deleted with everything under it when dropped.
-struct Namespace {
-    prefix: String,
-}
+use redis_namespace::{Namespace, redis_url};
 
-impl Namespace {
-    fn new() -> Self {
-        Self { prefix: format!("nstest-{}", uuid::Uuid::now_v7().simple()) }
-    }
-
-    async fn db(&self) -> Arc<RedisDb> {
-        Arc::new(RedisDb::connect(RedisOptions::new(redis_url()).prefix(self.prefix.clone())).await.unwrap())
-    }
-
-    /// A plain connection, to look at or damage the stored data by hand.
-    fn raw(&self) -> ::redis::Connection {
-        ::redis::Client::open(redis_url().as_str()).unwrap().get_connection().unwrap()
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let Ok(client) = ::redis::Client::open(redis_url().as_str()) else { return };
-        let Ok(mut conn) = client.get_connection() else { return };
-        let mut cursor: u64 = 0;
-        loop {
-            let Ok((next, keys)): Result<(u64, Vec<Vec<u8>>), _> = ::redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut conn)
-            else {
-                return;
-            };
-            if !keys.is_empty() {
-                let _: Result<u64, _> = ::redis::cmd("UNLINK").arg(&keys).query(&mut conn);
-            }
-            if next == 0 {
-                return;
-            }
-            cursor = next;
-        }
-    }
+/// A plain connection, to look at or damage the stored data by hand.
+fn raw() -> ::redis::Connection {
+    ::redis::Client::open(redis_url().as_str()).unwrap().get_connection().unwrap()
 }
 
 /// The server's CPU time so far (user + system), from `INFO cpu`.
@@ -141,7 +100,7 @@ async fn corrupt_messages_are_dead_lettered_not_fatal() {
     let ids = [bad_headers.id, bad_token.id, bad_priority.id, vanished.id, good.id];
     q.enqueue(vec![bad_headers, bad_token, bad_priority, vanished, good]).await.unwrap();
 
-    let mut raw = ns.raw();
+    let mut raw = raw();
     let key = |id: &netscript_runtime::queue::MessageId| format!("{}m:{id}", q.key_prefix());
     let _: () = ::redis::cmd("HSET").arg(key(&ids[0])).arg("h").arg("{not json").query(&mut raw).unwrap();
     let _: () = ::redis::cmd("HSET").arg(key(&ids[1])).arg("tk").arg("seven").query(&mut raw).unwrap();
@@ -525,7 +484,7 @@ async fn measure() {
     let ns = Namespace::new();
     let db = ns.db().await;
     let q = Arc::new(RedisQueue::new(Arc::clone(&db), "jobs"));
-    let mut raw = ns.raw();
+    let mut raw = raw();
     // Server CPU per message tells whether Redis or the client bounds a phase (the server is
     // shared with other tests, so run this alone for clean figures).
     let cpu = |raw: &mut ::redis::Connection, before: Duration, took: Duration| {

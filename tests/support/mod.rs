@@ -71,16 +71,10 @@ pub async fn drop_namespace(provider: QueueProvider, namespace: &str) {
         }
         #[cfg(feature = "redis")]
         QueueProvider::Redis => {
+            use netscript::redis::{RedisDb, RedisOptions};
             let url = broker_url(provider).unwrap_or_default();
-            if let Ok(client) = redis::Client::open(url)
-                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-            {
-                // Key names are binary (encoded KV keys): read them as bytes.
-                let keys: Vec<Vec<u8>> =
-                    redis::cmd("KEYS").arg(format!("{namespace}:*")).query_async(&mut conn).await.unwrap_or_default();
-                for chunk in keys.chunks(500) {
-                    let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
-                }
+            if let Ok(db) = RedisDb::connect(RedisOptions::new(url).prefix(namespace)).await {
+                let _ = db.delete_all().await;
             }
         }
         _ => {}

@@ -1,52 +1,16 @@
 use super::*;
 
-use netscript_runtime::redis::{RedisDb, RedisOptions};
+use netscript_runtime::redis::RedisDb;
 
-fn redis_url() -> String {
-    std::env::var("NETSCRIPT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+#[path = "../support/redis_namespace.rs"]
+mod redis_namespace;
 
-/// Deletes every key of a test's namespace when the test ends.
-struct Namespace {
-    url: String,
-    prefix: String,
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        // Best effort, on a plain synchronous connection: the test's runtime may be gone.
-        let Ok(client) = ::redis::Client::open(self.url.as_str()) else { return };
-        let Ok(mut conn) = client.get_connection() else { return };
-        let mut cursor: u64 = 0;
-        loop {
-            let Ok((next, keys)): Result<(u64, Vec<Vec<u8>>), _> = ::redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut conn)
-            else {
-                return;
-            };
-            if !keys.is_empty() {
-                let _: Result<u64, _> = ::redis::cmd("UNLINK").arg(&keys).query(&mut conn);
-            }
-            if next == 0 {
-                return;
-            }
-            cursor = next;
-        }
-    }
-}
+use redis_namespace::Namespace;
 
 async fn redis_db() -> (Arc<RedisDb>, Guard) {
-    // The prefix has no glob characters, so it can be used as a SCAN pattern as is.
-    let prefix = format!("nstest-{}", uuid::Uuid::now_v7().simple());
-    let url = redis_url();
-    let guard = Namespace { url: url.clone(), prefix: prefix.clone() };
-    let db = RedisDb::connect(RedisOptions::new(url).prefix(prefix)).await.unwrap();
-    (Arc::new(db), Some(Box::new(guard)))
+    let namespace = Namespace::new();
+    let db = namespace.db().await;
+    (db, Some(Box::new(namespace)))
 }
 
 async fn redis_queue(window: Duration) -> (Arc<dyn Queue>, Guard) {
