@@ -20,42 +20,10 @@ use netscript_runtime::postgres::{PostgresDb, PostgresError, PostgresOptions, SC
 use netscript_runtime::queue::postgres::PostgresQueue;
 use netscript_runtime::queue::{ClaimRequest, Enqueued, NewMessage, Queue, Settled, Settlement};
 
-fn url() -> String {
-    std::env::var("NETSCRIPT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
-}
+#[path = "support/postgres_schema.rs"]
+mod postgres_schema;
 
-/// A fresh schema name, dropped (with everything in it) when the value is dropped.
-struct Schema(String);
-
-impl Schema {
-    fn new() -> Self {
-        Schema(format!("ns_test_{:016x}", fastrand::u64(..)))
-    }
-
-    fn options(&self) -> PostgresOptions {
-        PostgresOptions::new(url()).schema(self.0.clone()).pool_size(6)
-    }
-
-    async fn connect(&self) -> Arc<PostgresDb> {
-        Arc::new(PostgresDb::connect(self.options()).await.unwrap())
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let schema = self.0.clone();
-        // Best effort, on a thread of its own: the test's runtime may be shutting down.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(async {
-                let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await.ok()?;
-                tokio::spawn(conn);
-                client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await.ok()
-            })
-        })
-        .join();
-    }
-}
+use postgres_schema::{Schema, url};
 
 fn all(max: usize) -> ClaimRequest {
     ClaimRequest { topics: Vec::new(), max, lease: Duration::from_secs(60) }

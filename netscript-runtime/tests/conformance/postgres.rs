@@ -5,40 +5,18 @@
 use super::*;
 
 use netscript_runtime::kv::postgres::PostgresKv;
-use netscript_runtime::postgres::{PostgresDb, PostgresOptions};
+use netscript_runtime::postgres::PostgresDb;
 use netscript_runtime::queue::postgres::PostgresQueue;
 
-fn url() -> String {
-    std::env::var("NETSCRIPT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
-}
+#[path = "../support/postgres_schema.rs"]
+mod postgres_schema;
 
-/// Drops the test's schema when the test ends.
-struct DropSchema {
-    url: String,
-    schema: String,
-}
-
-impl Drop for DropSchema {
-    fn drop(&mut self) {
-        let (url, schema) = (self.url.clone(), self.schema.clone());
-        // Best effort, on a thread of its own: the test's runtime may be shutting down.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(async {
-                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.ok()?;
-                tokio::spawn(conn);
-                client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).await.ok()
-            })
-        })
-        .join();
-    }
-}
+use postgres_schema::Schema;
 
 async fn postgres_db() -> (Arc<PostgresDb>, Guard) {
-    let schema = format!("ns_test_{:016x}", fastrand::u64(..));
-    let guard = DropSchema { url: url(), schema: schema.clone() };
-    let db = PostgresDb::connect(PostgresOptions::new(url()).schema(schema).pool_size(4)).await.unwrap();
-    (Arc::new(db), Some(Box::new(guard)))
+    let schema = Schema::new();
+    let db = schema.connect().await;
+    (db, Some(Box::new(schema)))
 }
 
 async fn postgres_queue(window: Duration) -> (Arc<dyn Queue>, Guard) {
