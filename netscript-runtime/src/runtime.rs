@@ -433,7 +433,7 @@ impl Runtime {
         self.inner.store.write(&records).await?;
         let keyed: std::collections::HashSet<MessageId> =
             messages.iter().filter(|m| m.idempotency_key.is_some()).map(|m| m.id).collect();
-        self.inner.store.publish(records.iter().filter(|r| !keyed.contains(&r.id)).cloned().collect());
+        self.inner.store.publish_copies(records.iter().filter(|r| !keyed.contains(&r.id)));
         let outcomes = match self.inner.queue.enqueue(messages).await {
             Ok(outcomes) => outcomes,
             Err(e) => {

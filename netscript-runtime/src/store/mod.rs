@@ -125,6 +125,17 @@ impl ExecutionStore {
         Ok(())
     }
 
+    /// Publishes copies of records on the feed; copies nothing when nobody subscribes.
+    pub fn publish_copies<'a>(&self, records: impl IntoIterator<Item = &'a ExecutionRecord>) {
+        if self.feed.receiver_count() == 0 {
+            return;
+        }
+        for r in records {
+            // A send only fails when nobody listens.
+            let _ = self.feed.send(Arc::new(r.clone()));
+        }
+    }
+
     /// Publishes records on the feed (see [`ExecutionStore::subscribe`]).
     pub fn publish(&self, records: Vec<ExecutionRecord>) {
         if self.feed.receiver_count() == 0 {
