@@ -26,11 +26,13 @@ async fn count(n: u32) -> JobResult<u32> {
     Ok(n)
 }
 
-/// A memory queue whose first `failing` claims fail.
+/// A memory queue whose first `failing` claims fail, and whose enqueues fail while
+/// `failing_enqueues` is above zero.
 struct FlakyClaims {
     inner: MemoryQueue,
     failing: AtomicU32,
     failed: AtomicU32,
+    failing_enqueues: AtomicU32,
 }
 
 #[async_trait]
@@ -39,6 +41,10 @@ impl Queue for FlakyClaims {
         "flaky"
     }
     async fn enqueue(&self, m: Vec<NewMessage>) -> Result<Vec<Enqueued>, QueueError> {
+        if self.failing_enqueues.load(Ordering::SeqCst) > 0 {
+            self.failing_enqueues.fetch_sub(1, Ordering::SeqCst);
+            return Err(QueueError::Backend { backend: "flaky", message: "broker went away".into() });
+        }
         self.inner.enqueue(m).await
     }
     async fn claim(&self, r: ClaimRequest) -> Result<Vec<Delivery>, QueueError> {
@@ -122,8 +128,12 @@ async fn run_until_recorded(rt: &Runtime, ids: &[netscript::ExecutionId]) {
 
 #[tokio::test]
 async fn claims_that_fail_are_retried_and_every_job_still_runs() {
-    let queue =
-        Arc::new(FlakyClaims { inner: MemoryQueue::new(), failing: AtomicU32::new(3), failed: AtomicU32::new(0) });
+    let queue = Arc::new(FlakyClaims {
+        inner: MemoryQueue::new(),
+        failing: AtomicU32::new(3),
+        failed: AtomicU32::new(0),
+        failing_enqueues: AtomicU32::new(0),
+    });
     let rt = Runtime::builder()
         .ignore_env()
         .queue(queue.clone())
@@ -170,6 +180,33 @@ async fn results_that_cannot_be_recorded_are_not_acked_and_the_jobs_run_again() 
     assert!(reruns >= 1, "a lost record means the job ran again");
     let s = rt.queue().stats().await.unwrap();
     assert_eq!((s.ready, s.leased, s.dead), (0, 0, 0), "{s:?}");
+}
+
+#[tokio::test]
+async fn a_failed_enqueue_is_an_error_and_leaves_no_records() {
+    let queue = Arc::new(FlakyClaims {
+        inner: MemoryQueue::new(),
+        failing: AtomicU32::new(0),
+        failed: AtomicU32::new(0),
+        failing_enqueues: AtomicU32::new(1),
+    });
+    let rt = Runtime::builder()
+        .ignore_env()
+        .queue(queue.clone())
+        .kv(Arc::new(MemoryKv::new()))
+        .state(Worker { name: "only", stall: false })
+        .build()
+        .await
+        .unwrap();
+    let err = rt.enqueue_many((0..3).map(count::enqueue).collect()).await.unwrap_err();
+    assert!(err.to_string().contains("broker went away"), "{err}");
+    // The queued records written before the enqueue were removed: nothing claims to be queued.
+    let records = rt.store().list(&netscript::store::ExecutionFilter::default()).await.unwrap();
+    assert!(records.is_empty(), "{records:?}");
+    // The broker is back: the same enqueue goes through and runs.
+    let ids: Vec<_> =
+        rt.enqueue_many((0..3).map(count::enqueue).collect()).await.unwrap().iter().map(|r| r.execution_id).collect();
+    run_until_recorded(&rt, &ids).await;
 }
 
 /// Which worker ran a job, and whether it stalls.

@@ -160,6 +160,7 @@ on_each_backend!(
     shared_state_reaches_the_job,
     shutdown_gives_running_jobs_back,
     idempotency_keys_collapse_enqueues,
+    a_duplicate_enqueue_leaves_no_record_of_its_own,
     cancel_stops_waiting_and_running_executions,
     a_paused_topic_is_not_claimed_until_resumed,
 );
@@ -447,6 +448,35 @@ async fn a_pause_from_another_process_reaches_the_worker_at_its_heartbeat() {
     // A runtime opened now starts paused or not as the store says.
     other.pause_topic("default").await.unwrap();
     assert!(open().await.unwrap().paused_topics().contains("default"));
+}
+
+async fn a_duplicate_enqueue_leaves_no_record_of_its_own(p: QueueProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(p, dir.path()).await;
+    let mut feed = rt.store().subscribe();
+    let first = rt.enqueue(add::enqueue(Add { a: 1, b: 2 }).idempotency_key("order-8")).await.unwrap();
+    let again = rt
+        .enqueue_many(vec![
+            add::enqueue(Add { a: 1, b: 2 }).idempotency_key("order-8"),
+            add::enqueue(Add { a: 3, b: 4 }),
+        ])
+        .await
+        .unwrap();
+    assert!(again[0].duplicate && !again[1].duplicate);
+    // The duplicate's queued record was written before the enqueue and removed after it.
+    let records = rt.store().list(&netscript::store::ExecutionFilter::default()).await.unwrap();
+    let mut ids: Vec<_> = records.iter().map(|r| r.id).collect();
+    ids.sort();
+    let mut expected = vec![first.execution_id, again[1].execution_id];
+    expected.sort();
+    assert_eq!(ids, expected);
+    // The feed showed the two executions that exist, and nothing of the duplicate.
+    let mut published = Vec::new();
+    while let Ok(r) = feed.try_recv() {
+        published.push(r.id);
+    }
+    published.sort();
+    assert_eq!(published, expected);
 }
 
 async fn idempotency_keys_collapse_enqueues(p: QueueProvider) {
