@@ -507,13 +507,26 @@ async fn fallible_note() -> JobResult<Vec<Action>> {
     Ok(vec![])
 }
 
+/// Fires once a year, and once whenever a scheduler starts.
+#[scheduled(
+    id = "init-note",
+    cron = "0 0 1 1 *",
+    run_on_init = true,
+    retries = 0,
+    backoff = "fixed(5s)",
+    missed = "fire-once"
+)]
+async fn init_note() -> Vec<Action> {
+    vec![]
+}
+
 #[tokio::test]
 async fn scheduled_functions_register_at_link_time_and_fire_on_the_runtime_scheduler() {
     let clock = Arc::new(ManualClock::new(at("2026-01-01T00:59:30Z")));
     let rt =
         Runtime::builder().ignore_env().provider(QueueProvider::Memory).clock(clock.clone()).build().await.unwrap();
     let ids: Vec<&str> = rt.schedules().iter().map(|s| s.id).collect();
-    assert_eq!(ids, ["fallible-note", "hourly-note"]);
+    assert_eq!(ids, ["fallible-note", "hourly-note", "init-note"]);
     let hourly = rt.schedules()[1];
     assert_eq!((hourly.cron, hourly.timezone), ("0 * * * *", "Europe/Berlin"));
     assert_eq!(hourly.tags, ["notes", "hourly"]);
@@ -549,6 +562,11 @@ static FIRST: netscript::scheduler::ScheduleDescriptor = netscript::scheduler::S
     timezone: "UTC",
     description: "",
     tags: &[],
+    run_on_init: false,
+    enabled: true,
+    max_retries: 3,
+    backoff: netscript::Backoff::Exponential(Duration::from_secs(1)),
+    missed: MissedTicks::Skip,
     handler: never,
     location: HERE,
 };
@@ -570,6 +588,42 @@ async fn duplicate_or_invalid_schedules_are_startup_errors() {
     let err = build(vec![&INVALID]).await.unwrap_err().to_string();
     assert!(err.starts_with("schedule `invalid`: unknown timezone `Mars/Olympus`"), "{err}");
     assert!(build(vec![]).await.unwrap().schedules().is_empty());
+}
+
+#[tokio::test]
+async fn scheduled_options_reach_the_scheduler() {
+    let init = netscript::scheduler::SCHEDULES.iter().find(|s| s.id == "init-note").unwrap();
+    let options = init.options();
+    assert!(options.run_on_init && options.enabled);
+    assert_eq!((options.max_retries, options.missed), (0, MissedTicks::FireOnce));
+    assert_eq!(options.backoff, netscript::Backoff::Fixed(Duration::from_secs(5)));
+    assert_eq!(options.description.as_deref(), Some("Fires once a year, and once whenever a scheduler starts."));
+    // The defaults, for a schedule that sets none.
+    let hourly = hourly_note_descriptor().options();
+    assert!(!hourly.run_on_init && hourly.enabled);
+    assert_eq!((hourly.max_retries, hourly.missed), (3, MissedTicks::Skip));
+
+    // `run_on_init` fires as the scheduler starts, long before the yearly tick.
+    let clock = Arc::new(ManualClock::new(at("2026-06-01T12:00:00Z")));
+    let rt = Runtime::builder()
+        .ignore_env()
+        .provider(QueueProvider::Memory)
+        .clock(clock)
+        .schedules(vec![init, hourly_note_descriptor()])
+        .build()
+        .await
+        .unwrap();
+    let scheduler = Scheduler::with_clock(rt.clone(), rt.clock().clone());
+    let mut events = scheduler.subscribe();
+    scheduler.schedule_all(rt.schedules().iter().copied()).await.unwrap();
+    let (tick, receipts) = next_run(&mut events, "init-note").await;
+    assert_eq!((tick, receipts.len()), (at("2026-06-01T12:00:00Z"), 0));
+    let listed = scheduler.list();
+    assert_eq!(listed[1].id, "init-note");
+    assert_eq!((listed[1].missed, listed[1].next_fire_times[0]), (MissedTicks::FireOnce, at("2027-01-01T00:00:00Z")));
+    settle().await;
+    no_run_pending(&mut events);
+    scheduler.stop().await;
 }
 
 #[tokio::test]
@@ -614,6 +668,41 @@ async fn the_workers_run_the_scheduler() {
     workers.await.unwrap();
 }
 
+#[tokio::test]
+async fn workers_with_the_scheduler_off_fire_nothing() {
+    // The same hours pass for both: with the scheduler on, ticks run; off, none does.
+    assert!(runs_in_five_hours(true).await > 0, "the scheduler fires when on");
+    assert_eq!(runs_in_five_hours(false).await, 0, "no schedule fires when off");
+}
+
+/// Runs workers on an hourly schedule while the clock moves five hours; counts the runs.
+async fn runs_in_five_hours(scheduler: bool) -> usize {
+    let clock = Arc::new(ManualClock::new(at("2026-01-01T00:59:30Z")));
+    let rt = Runtime::builder()
+        .ignore_env()
+        .provider(QueueProvider::Memory)
+        .configure(|c| c.scheduler = scheduler)
+        .clock(clock.clone())
+        .schedules(vec![hourly_note_descriptor()])
+        .build()
+        .await
+        .unwrap();
+    let stop = netscript::CancellationToken::new();
+    let workers = tokio::spawn({
+        let (rt, stop) = (rt.clone(), stop.clone());
+        async move { rt.run_workers(stop).await }
+    });
+    for _ in 0..5 {
+        clock.advance(Duration::from_secs(3600));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The schedules are still known (listed by the API and the CLI) either way.
+    assert_eq!(rt.schedules().len(), 1);
+    stop.cancel();
+    workers.await.unwrap();
+    executions(&rt).await.len()
+}
+
 /// The descriptor `#[scheduled]` registered for `hourly_note`.
 fn hourly_note_descriptor() -> &'static netscript::scheduler::ScheduleDescriptor {
     netscript::scheduler::SCHEDULES.iter().find(|s| s.id == "hourly-note").unwrap()
@@ -632,7 +721,7 @@ async fn the_api_lists_schedules_with_their_next_five_fire_times() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["fallible-note", "hourly-note"]);
+    assert_eq!(ids, ["fallible-note", "hourly-note", "init-note"]);
     let hourly = &list[1];
     assert_eq!(
         (hourly["expression"].as_str(), hourly["timezone"].as_str()),

@@ -98,9 +98,14 @@ pub fn job(args: TokenStream, item: TokenStream) -> TokenStream {
 /// | `timezone` | an IANA timezone name (`Europe/Berlin`) | `"UTC"` |
 /// | `description` | string | the function's `///` doc comment, or `""` |
 /// | `tags` | array of non-empty strings | `[]` |
+/// | `retries` | further attempts after the handler fails | `3` |
+/// | `backoff` | `"fixed(<duration>)"`, `"linear(..)"` or `"exponential(..)"` | `"exponential(1s)"` |
+/// | `missed` | ticks missed while no scheduler ran: `"skip"`, or `"fire-once"` on start | `"skip"` |
+/// | `run_on_init` | also fire once whenever a scheduler starts | `false` |
+/// | `enabled` | fire on its own (a disabled schedule is listed, and can be triggered) | `true` |
 ///
-/// The expression and the timezone are checked at compile time, with the error at the
-/// literal.
+/// The expression, the timezone and every value are checked at compile time, with the error
+/// at the literal.
 ///
 /// # Signature
 ///

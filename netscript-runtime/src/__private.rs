@@ -8,7 +8,7 @@ pub use crate::job::{
     Backoff, EnqueueJob, FromStateMap, HandlerFuture, JOBS, JobContext, JobDescriptor, JobError, Location, PayloadSpec,
     StateMap, StateSpec,
 };
-pub use crate::scheduler::{Action, SCHEDULES, ScheduleDescriptor, ScheduleFuture, ScheduledTick};
+pub use crate::scheduler::{Action, MissedTicks, SCHEDULES, ScheduleDescriptor, ScheduleFuture, ScheduledTick};
 pub use linkme;
 pub use schemars;
 pub use serde;

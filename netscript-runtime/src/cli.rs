@@ -48,12 +48,18 @@ pub enum Command {
         /// Jobs run at once.
         #[arg(long)]
         concurrency: Option<usize>,
+        /// Do not fire schedules in this process (another process does).
+        #[arg(long)]
+        no_scheduler: bool,
     },
     /// Run the workers only.
     Worker {
         /// Jobs run at once.
         #[arg(long)]
         concurrency: Option<usize>,
+        /// Do not fire schedules in this process (another process does).
+        #[arg(long)]
+        no_scheduler: bool,
     },
     /// Run the HTTP API only.
     Api {
@@ -172,11 +178,15 @@ pub async fn run(builder: RuntimeBuilder) -> ExitCode {
 pub async fn run_cli(mut builder: RuntimeBuilder, cli: Cli) -> ExitCode {
     init_tracing();
     match &cli.command {
-        Command::Serve { addr, concurrency } => {
+        Command::Serve { addr, concurrency, no_scheduler } => {
             builder = override_addr(builder, *addr);
             builder = override_concurrency(builder, *concurrency);
+            builder = override_scheduler(builder, *no_scheduler);
         }
-        Command::Worker { concurrency } => builder = override_concurrency(builder, *concurrency),
+        Command::Worker { concurrency, no_scheduler } => {
+            builder = override_concurrency(builder, *concurrency);
+            builder = override_scheduler(builder, *no_scheduler);
+        }
         Command::Api { addr } => builder = override_addr(builder, *addr),
         _ => {}
     }
@@ -200,6 +210,13 @@ fn override_addr(builder: RuntimeBuilder, addr: Option<SocketAddr>) -> RuntimeBu
     match addr {
         Some(a) => builder.configure(|c| c.api_addr = a),
         None => builder,
+    }
+}
+
+fn override_scheduler(builder: RuntimeBuilder, no_scheduler: bool) -> RuntimeBuilder {
+    match no_scheduler {
+        true => builder.configure(|c| c.scheduler = false),
+        false => builder,
     }
 }
 

@@ -166,6 +166,11 @@ pub enum ConfigError {
 pub struct WorkersConfig {
     /// Run workers at all (an API-only process sets this to false).
     pub enabled: bool,
+    /// Fire the `#[scheduled]` schedules in this process along with the workers (default true;
+    /// `NETSCRIPT_SCHEDULER=off`, or `--no-scheduler`). Every process may run the scheduler: each
+    /// tick enqueues once across a cluster. Turn it off on worker-only processes to keep schedule
+    /// handlers, and their load, in the processes you choose.
+    pub scheduler: bool,
     /// Jobs run at once (default 2; `WORKERS_CONCURRENCY`).
     pub concurrency: usize,
     /// Queue backend (`NETSCRIPT_QUEUE_PROVIDER`).
@@ -347,6 +352,7 @@ impl Default for WorkersConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            scheduler: true,
             concurrency: 2,
             queue_provider: QueueProvider::Auto,
             queue_name: "jobs".into(),
@@ -429,6 +435,12 @@ impl WorkersConfig {
         if let Some(v) = var("NETSCRIPT_RUNNER") {
             self.runner = v.parse()?;
         }
+        if let Some(v) = var("NETSCRIPT_SCHEDULER") {
+            self.scheduler = parse_switch(&v).ok_or_else(|| ConfigError::Invalid {
+                field: "scheduler",
+                message: format!("NETSCRIPT_SCHEDULER=`{v}` is not one of on, off, true, false, 1, 0"),
+            })?;
+        }
         if let Some(v) = var("NETSCRIPT_API_TOKEN") {
             self.api_token = Some(ApiToken::new(v));
         }
@@ -495,6 +507,15 @@ impl WorkersConfig {
     }
 }
 
+/// `on`/`off`, `true`/`false`, `1`/`0`, `yes`/`no`, in any case.
+fn parse_switch(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Some(true),
+        "off" | "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
 fn parse_concurrency(v: &str) -> Result<usize, ConfigError> {
     match v.trim().parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
@@ -511,6 +532,21 @@ mod tests {
 
     fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn the_scheduler_switch_reads_on_and_off() {
+        let mut c = WorkersConfig::default();
+        assert!(c.scheduler);
+        c.apply_vars(vars(&[("NETSCRIPT_SCHEDULER", "OFF")])).unwrap();
+        assert!(!c.scheduler);
+        c.apply_vars(vars(&[("NETSCRIPT_SCHEDULER", "1")])).unwrap();
+        assert!(c.scheduler);
+        let e = c.apply_vars(vars(&[("NETSCRIPT_SCHEDULER", "sometimes")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid `scheduler`: NETSCRIPT_SCHEDULER=`sometimes` is not one of on, off, true, false, 1, 0"
+        );
     }
 
     #[test]

@@ -491,11 +491,20 @@ impl Runtime {
         Ok(scheduler)
     }
 
-    /// Runs workers, and the scheduler when schedules are registered, until `stop` fires;
-    /// then stops the scheduler and drains the workers (see [`Dispatcher::run`]).
+    /// Runs workers, and the scheduler when schedules are registered and
+    /// [`WorkersConfig::scheduler`] is on, until `stop` fires; then stops the scheduler and
+    /// drains the workers (see [`Dispatcher::run`]).
     pub async fn run_workers(&self, stop: CancellationToken) -> WorkerReport {
-        let scheduler = match self.inner.schedules.is_empty() {
-            true => None,
+        let scheduler = match self.inner.schedules.is_empty() || !self.inner.config.scheduler {
+            true => {
+                if !self.inner.schedules.is_empty() {
+                    tracing::info!(
+                        schedules = self.inner.schedules.len(),
+                        "scheduler off in this process (NETSCRIPT_SCHEDULER=off or --no-scheduler)"
+                    );
+                }
+                None
+            }
             false => match self.start_scheduler().await {
                 Ok(scheduler) => {
                     tracing::info!(schedules = self.inner.schedules.len(), "scheduler started");

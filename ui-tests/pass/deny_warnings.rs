@@ -78,7 +78,15 @@ pub mod billing {
     }
 
     /// Never fails, but could.
-    #[scheduled(id = "fallible", cron = "@hourly")]
+    #[scheduled(
+        id = "fallible",
+        cron = "@hourly",
+        retries = 5,
+        backoff = "linear(30s)",
+        missed = "fire-once",
+        run_on_init = true,
+        enabled = true
+    )]
     pub async fn fallible() -> JobResult<Vec<Action>> {
         Ok(Vec::new())
     }

@@ -164,33 +164,11 @@ impl JobArgs {
         });
 
         let retries = match self.retries {
-            Some(lit) => match lit.base10_parse::<u32>() {
-                Ok(n) => n,
-                Err(_) => {
-                    check(Err(syn::Error::new(
-                        lit.span(),
-                        format!("`retries` must be a whole number from 0 to {}", u32::MAX),
-                    )));
-                    0
-                }
-            },
+            Some(lit) => check_value(&mut check, parse_retries(&lit), 0),
             None => 3,
         };
-
         let backoff = match self.backoff {
-            Some(lit) => match parse_backoff(&lit.value()) {
-                Ok(b) => b,
-                Err(reason) => {
-                    check(Err(syn::Error::new(
-                        lit.span(),
-                        format!(
-                            "invalid backoff: {reason}; expected `fixed(<duration>)`, `linear(<duration>)` \
-                             or `exponential(<duration>)`, like `exponential(1s)`"
-                        ),
-                    )));
-                    Backoff::DEFAULT
-                }
-            },
+            Some(lit) => check_value(&mut check, parse_backoff_lit(&lit), Backoff::DEFAULT),
             None => Backoff::DEFAULT,
         };
 
@@ -202,7 +180,49 @@ impl JobArgs {
 }
 
 impl Backoff {
-    const DEFAULT: Backoff = Backoff::Exponential(Duration::from_secs(1));
+    pub(crate) const DEFAULT: Backoff = Backoff::Exponential(Duration::from_secs(1));
+
+    /// The runtime's `Backoff` with the same policy, as an expression.
+    pub(crate) fn to_tokens(self) -> TokenStream {
+        let (kind, d) = match self {
+            Backoff::Fixed(d) => ("Fixed", d),
+            Backoff::Linear(d) => ("Linear", d),
+            Backoff::Exponential(d) => ("Exponential", d),
+        };
+        let kind = syn::Ident::new(kind, Span::call_site());
+        let d = duration::to_tokens(d);
+        quote::quote!(::netscript::__private::Backoff::#kind(#d))
+    }
+}
+
+/// The value of a checked argument, or `fallback` after recording its error with `check`.
+pub(crate) fn check_value<T>(check: &mut impl FnMut(syn::Result<()>), result: syn::Result<T>, fallback: T) -> T {
+    match result {
+        Ok(value) => value,
+        Err(e) => {
+            check(Err(e));
+            fallback
+        }
+    }
+}
+
+/// `retries = N`: a count of further attempts.
+pub(crate) fn parse_retries(lit: &LitInt) -> syn::Result<u32> {
+    lit.base10_parse::<u32>()
+        .map_err(|_| syn::Error::new(lit.span(), format!("`retries` must be a whole number from 0 to {}", u32::MAX)))
+}
+
+/// `backoff = "exponential(1s)"`.
+pub(crate) fn parse_backoff_lit(lit: &LitStr) -> syn::Result<Backoff> {
+    parse_backoff(&lit.value()).map_err(|reason| {
+        syn::Error::new(
+            lit.span(),
+            format!(
+                "invalid backoff: {reason}; expected `fixed(<duration>)`, `linear(<duration>)` \
+                 or `exponential(<duration>)`, like `exponential(1s)`"
+            ),
+        )
+    })
 }
 
 /// Runs `one` on each argument of an attribute; `false` when broken syntax stopped parsing
@@ -280,10 +300,21 @@ pub(crate) fn expect_str(value: &Expr, name: &str, example: &str) -> syn::Result
     }
 }
 
-fn expect_int(value: &Expr, name: &str, example: &str) -> syn::Result<LitInt> {
+pub(crate) fn expect_int(value: &Expr, name: &str, example: &str) -> syn::Result<LitInt> {
     match value {
         Expr::Lit(ExprLit { lit: Lit::Int(lit), .. }) => Ok(lit.clone()),
+        Expr::Unary(syn::ExprUnary { op: syn::UnOp::Neg(_), .. }) => Err(syn::Error::new_spanned(
+            value,
+            format!("`{name}` must be a whole number from 0 to {}, like `{example}`", u32::MAX),
+        )),
         _ => Err(syn::Error::new_spanned(value, format!("`{name}` takes an integer, like `{example}`"))),
+    }
+}
+
+pub(crate) fn expect_bool(value: &Expr, name: &str, example: &str) -> syn::Result<syn::LitBool> {
+    match value {
+        Expr::Lit(ExprLit { lit: Lit::Bool(lit), .. }) => Ok(lit.clone()),
+        _ => Err(syn::Error::new_spanned(value, format!("`{name}` takes `true` or `false`, like `{example}`"))),
     }
 }
 

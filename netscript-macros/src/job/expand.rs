@@ -9,7 +9,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Ident, ItemFn, Type};
 
-use super::args::{Backoff, JobConfig};
+use super::args::JobConfig;
 use super::signature::{JobSignature, Param};
 use crate::duration;
 
@@ -219,16 +219,7 @@ fn descriptor(func: &ItemFn, config: &JobConfig, sig: &JobSignature) -> TokenStr
         }
         None => quote!(::core::option::Option::None),
     };
-    let backoff = {
-        let (kind, d) = match *backoff {
-            Backoff::Fixed(d) => ("Fixed", d),
-            Backoff::Linear(d) => ("Linear", d),
-            Backoff::Exponential(d) => ("Exponential", d),
-        };
-        let kind = Ident::new(kind, Span::call_site());
-        let d = duration::to_tokens(d);
-        quote!(::netscript::__private::Backoff::#kind(#d))
-    };
+    let backoff = backoff.to_tokens();
     let payload = match sig.payload() {
         Some(ty) => {
             let schema = private_fn_at(ty, "payload_schema");

@@ -3,12 +3,13 @@
 //! runtime's own parser (`netscript-cron`), so an invalid one is an error at its literal.
 
 use proc_macro2::{Span, TokenStream};
-use syn::LitStr;
 use syn::meta::ParseNestedMeta;
+use syn::{LitBool, LitInt, LitStr};
 
 use crate::errors::Errors;
 use crate::job::args::{
-    doc_comment, expect_str, expect_str_array, is_kebab_case, kebab_suggestion, next_argument, parse_arguments,
+    Backoff, check_value, doc_comment, expect_bool, expect_int, expect_str, expect_str_array, is_kebab_case,
+    kebab_suggestion, next_argument, parse_arguments, parse_backoff_lit, parse_retries,
 };
 
 /// The arguments `#[scheduled]` knows, each with an example for error messages.
@@ -18,6 +19,11 @@ const KNOWN: &[(&str, &str)] = &[
     ("timezone", r#"timezone = "Europe/Berlin""#),
     ("description", r#"description = "Re-imports the catalogue""#),
     ("tags", r#"tags = ["resync"]"#),
+    ("retries", "retries = 3"),
+    ("backoff", r#"backoff = "exponential(1s)""#),
+    ("missed", r#"missed = "fire-once""#),
+    ("run_on_init", "run_on_init = true"),
+    ("enabled", "enabled = false"),
 ];
 
 /// The arguments as written, each given at most once.
@@ -28,6 +34,11 @@ pub(crate) struct ScheduleArgs {
     timezone: Option<LitStr>,
     description: Option<LitStr>,
     tags: Option<Vec<LitStr>>,
+    retries: Option<LitInt>,
+    backoff: Option<LitStr>,
+    missed: Option<LitStr>,
+    run_on_init: Option<LitBool>,
+    enabled: Option<LitBool>,
     seen: Vec<String>,
     incomplete: bool,
 }
@@ -39,6 +50,28 @@ pub(crate) struct ScheduleConfig {
     pub(crate) timezone: String,
     pub(crate) description: String,
     pub(crate) tags: Vec<String>,
+    pub(crate) retries: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) missed: Missed,
+    pub(crate) run_on_init: bool,
+    pub(crate) enabled: bool,
+}
+
+/// The missed-tick policy, mirroring the runtime's `MissedTicks`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Missed {
+    Skip,
+    FireOnce,
+}
+
+impl Missed {
+    /// The runtime's variant name.
+    pub(crate) fn variant(self) -> &'static str {
+        match self {
+            Missed::Skip => "Skip",
+            Missed::FireOnce => "FireOnce",
+        }
+    }
 }
 
 impl ScheduleArgs {
@@ -60,6 +93,11 @@ impl ScheduleArgs {
             "timezone" => self.timezone = errors.ok(string()),
             "description" => self.description = errors.ok(string()),
             "tags" => self.tags = errors.ok(expect_str_array(&value, example)),
+            "retries" => self.retries = errors.ok(expect_int(&value, name, example)),
+            "backoff" => self.backoff = errors.ok(string()),
+            "missed" => self.missed = errors.ok(string()),
+            "run_on_init" => self.run_on_init = errors.ok(expect_bool(&value, name, example)),
+            "enabled" => self.enabled = errors.ok(expect_bool(&value, name, example)),
             _ => unreachable!("every name in KNOWN is handled"),
         }
         Ok(())
@@ -139,10 +177,51 @@ impl ScheduleArgs {
             }
         }
 
+        let retries = match &self.retries {
+            Some(lit) => check_value(&mut check, parse_retries(lit), 0),
+            None => 3,
+        };
+        let backoff = match &self.backoff {
+            Some(lit) => check_value(&mut check, parse_backoff_lit(lit), Backoff::DEFAULT),
+            None => Backoff::DEFAULT,
+        };
+        let missed = match &self.missed {
+            Some(lit) => check_value(&mut check, parse_missed(lit), Missed::Skip),
+            None => Missed::Skip,
+        };
+        let run_on_init = self.run_on_init.as_ref().is_some_and(LitBool::value);
+        let enabled = self.enabled.as_ref().is_none_or(LitBool::value);
+
         if failed {
             return None;
         }
-        Some(ScheduleConfig { id: id?, cron: cron?, timezone, description, tags })
+        Some(ScheduleConfig {
+            id: id?,
+            cron: cron?,
+            timezone,
+            description,
+            tags,
+            retries,
+            backoff,
+            missed,
+            run_on_init,
+            enabled,
+        })
+    }
+}
+
+/// `missed = "skip"` or `missed = "fire-once"`.
+fn parse_missed(lit: &LitStr) -> syn::Result<Missed> {
+    match lit.value().as_str() {
+        "skip" => Ok(Missed::Skip),
+        "fire-once" => Ok(Missed::FireOnce),
+        other => Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "unknown missed-tick policy `{other}`: use `skip` (forget ticks missed while no scheduler ran) \
+                 or `fire-once` (fire once on start for the latest missed tick)"
+            ),
+        )),
     }
 }
 

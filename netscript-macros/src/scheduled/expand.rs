@@ -14,7 +14,10 @@ use super::args::ScheduleConfig;
 pub(crate) fn schedule(func: &ItemFn, config: &ScheduleConfig, sig: &ScheduleSignature) -> TokenStream {
     let cfgs: Vec<_> =
         func.attrs.iter().filter(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr")).collect();
-    let ScheduleConfig { id, cron, timezone, description, tags } = config;
+    let ScheduleConfig { id, cron, timezone, description, tags, retries, backoff, missed, run_on_init, enabled } =
+        config;
+    let backoff = backoff.to_tokens();
+    let missed = Ident::new(missed.variant(), Span::call_site());
     let name = &func.sig.ident;
     let output = &sig.output;
     // A mixed-site name cannot clash with the user's; the argument is located at the
@@ -60,6 +63,11 @@ pub(crate) fn schedule(func: &ItemFn, config: &ScheduleConfig, sig: &ScheduleSig
                     timezone: #timezone,
                     description: #description,
                     tags: &[#(#tags),*],
+                    run_on_init: #run_on_init,
+                    enabled: #enabled,
+                    max_retries: #retries,
+                    backoff: #backoff,
+                    missed: ::netscript::__private::MissedTicks::#missed,
                     handler: |#tick_pat: ::netscript::__private::ScheduledTick| -> ::netscript::__private::ScheduleFuture {
                         #future
                     },

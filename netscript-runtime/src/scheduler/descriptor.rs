@@ -1,9 +1,9 @@
 use std::collections::HashMap;
 
 use crate::cron::{CronError, CronSchedule};
-use crate::job::Location;
+use crate::job::{Backoff, Location};
 
-use super::{ScheduleFuture, ScheduledTick};
+use super::{MissedTicks, ScheduleFuture, ScheduleOptions, ScheduledTick};
 
 /// Every schedule in the binary, collected at link time by `#[scheduled]`.
 ///
@@ -29,6 +29,17 @@ pub struct ScheduleDescriptor {
     pub description: &'static str,
     /// Free-form tags.
     pub tags: &'static [&'static str],
+    /// Also fire once when the scheduler starts (`run_on_init = true`).
+    pub run_on_init: bool,
+    /// Fires on its own; a disabled schedule is listed and can be triggered by hand
+    /// (`enabled = false`).
+    pub enabled: bool,
+    /// Further attempts after the handler fails (`retries = N`, default 3).
+    pub max_retries: u32,
+    /// The wait before each further attempt (`backoff = "..."`, default `exponential(1s)`).
+    pub backoff: Backoff,
+    /// Ticks missed while no scheduler ran (`missed = "skip" | "fire-once"`, default skip).
+    pub missed: MissedTicks,
     /// Handles one tick.
     pub handler: ScheduleFn,
     /// Where the schedule was declared.
@@ -43,6 +54,20 @@ impl ScheduleDescriptor {
         let expression = crate::cron::parse_cron_expression(self.cron).map_err(invalid)?;
         let timezone = crate::cron::parse_timezone(self.timezone).map_err(invalid)?;
         Ok(CronSchedule::new(expression, timezone))
+    }
+
+    /// The options the scheduler runs this schedule with.
+    pub fn options(&self) -> ScheduleOptions {
+        ScheduleOptions {
+            run_on_init: self.run_on_init,
+            enabled: self.enabled,
+            max_retries: self.max_retries,
+            backoff: self.backoff,
+            metadata: std::collections::BTreeMap::new(),
+            missed: self.missed,
+            description: Some(self.description.to_owned()).filter(|d| !d.is_empty()),
+            tags: self.tags.iter().map(|t| (*t).to_owned()).collect(),
+        }
     }
 }
 

@@ -125,22 +125,27 @@ pub struct ScheduleInfo {
 }
 
 impl ScheduleInfo {
-    /// A registered schedule as the workers run it (enabled, default options), with its fire
-    /// times after `now`. `None` if its expression or timezone is invalid (the runtime refuses
-    /// to start with such a schedule, so only a hand-made descriptor can be).
-    pub fn of(descriptor: &ScheduleDescriptor, now: DateTime<Utc>) -> Option<Self> {
-        let schedule = descriptor.schedule().ok()?;
-        Some(ScheduleInfo {
-            id: descriptor.id.to_owned(),
+    /// A schedule with these options, with its fire times after `now` (none when disabled).
+    pub fn new(id: &str, schedule: &CronSchedule, options: &ScheduleOptions, now: DateTime<Utc>) -> Self {
+        ScheduleInfo {
+            id: id.to_owned(),
             expression: schedule.expression().to_string(),
             timezone: schedule.timezone().name().to_owned(),
-            enabled: true,
-            next_fire_times: schedule.upcoming(now, LISTED_FIRE_TIMES),
-            missed: MissedTicks::default(),
-            description: Some(descriptor.description.to_owned()).filter(|d| !d.is_empty()),
-            tags: descriptor.tags.iter().map(|t| (*t).to_owned()).collect(),
-            metadata: BTreeMap::new(),
-        })
+            enabled: options.enabled,
+            next_fire_times: if options.enabled { schedule.upcoming(now, LISTED_FIRE_TIMES) } else { Vec::new() },
+            missed: options.missed,
+            description: options.description.clone(),
+            tags: options.tags.clone(),
+            metadata: options.metadata.clone(),
+        }
+    }
+
+    /// A registered schedule as the workers run it, with its fire times after `now`. `None`
+    /// if its expression or timezone is invalid (the runtime refuses to start with such a
+    /// schedule, so only a hand-made descriptor can be).
+    pub fn of(descriptor: &ScheduleDescriptor, now: DateTime<Utc>) -> Option<Self> {
+        let schedule = descriptor.schedule().ok()?;
+        Some(Self::new(descriptor.id, &schedule, &descriptor.options(), now))
     }
 }
 
@@ -301,12 +306,7 @@ impl Scheduler {
         descriptors: impl IntoIterator<Item = &'static ScheduleDescriptor>,
     ) -> Result<(), SchedulerError> {
         for descriptor in descriptors {
-            let options = ScheduleOptions {
-                description: Some(descriptor.description.to_owned()).filter(|d| !d.is_empty()),
-                tags: descriptor.tags.iter().map(|t| (*t).to_owned()).collect(),
-                ..ScheduleOptions::default()
-            };
-            self.schedule(descriptor.id, descriptor.schedule()?, descriptor.handler, options).await?;
+            self.schedule(descriptor.id, descriptor.schedule()?, descriptor.handler, descriptor.options()).await?;
         }
         Ok(())
     }
@@ -345,24 +345,7 @@ impl Scheduler {
         self.shared
             .entries()
             .values()
-            .map(|entry| {
-                let options = &entry.spec.options;
-                ScheduleInfo {
-                    id: entry.spec.id.clone(),
-                    expression: entry.schedule.expression().to_string(),
-                    timezone: entry.schedule.timezone().name().to_owned(),
-                    enabled: options.enabled,
-                    next_fire_times: if options.enabled {
-                        entry.schedule.upcoming(now, LISTED_FIRE_TIMES)
-                    } else {
-                        Vec::new()
-                    },
-                    missed: options.missed,
-                    description: options.description.clone(),
-                    tags: options.tags.clone(),
-                    metadata: options.metadata.clone(),
-                }
-            })
+            .map(|entry| ScheduleInfo::new(&entry.spec.id, &entry.schedule, &entry.spec.options, now))
             .collect()
     }
 
