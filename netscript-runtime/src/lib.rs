@@ -27,12 +27,14 @@ pub mod job;
 pub mod kv;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod process;
 pub mod queue;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;
+pub mod tasks;
 pub mod time;
 pub mod worker;
 
