@@ -2,9 +2,9 @@
 //! embedded store keeps its file, where the API listens.
 //!
 //! Built in code with defaults, then overridden by the environment
-//! ([`WorkersConfig::apply_env`]). Settings whose machinery has not landed yet (runner modes
-//! other than `in-process`, per-topic worker groups) are accepted by the type but refused by
-//! [`WorkersConfig::validate`] with a clear error, never silently ignored.
+//! ([`WorkersConfig::apply_env`]). Settings whose machinery has not landed yet (per-topic
+//! worker groups) are accepted by the type but refused by [`WorkersConfig::validate`] with a
+//! clear error, never silently ignored.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,11 +20,11 @@ pub enum QueueProvider {
     Auto,
     /// The durable SQLite store in the data directory.
     Embedded,
-    /// PostgreSQL (not in this build yet).
+    /// PostgreSQL (feature `postgres`; never picked by `auto`).
     Postgres,
-    /// Redis or Garnet (not in this build yet).
+    /// Redis or Garnet (feature `redis`).
     Redis,
-    /// RabbitMQ over AMQP 0.9.1 (not in this build yet).
+    /// RabbitMQ over AMQP 0.9.1 (feature `amqp`).
     Amqp,
     /// In-process, not durable.
     Memory,
@@ -72,9 +72,9 @@ pub enum RunnerMode {
     /// A tokio task in the serving process.
     #[default]
     InProcess,
-    /// A pool of dedicated OS threads (not in this build yet).
+    /// A pool of dedicated OS threads, one per slot, each with its own runtime.
     ThreadPool,
-    /// A child process re-executing this binary (not in this build yet).
+    /// A child process re-executing this binary, per attempt.
     Subprocess,
 }
 
@@ -482,18 +482,6 @@ impl WorkersConfig {
         if self.lease < Duration::from_millis(300) {
             return Err(ConfigError::Invalid { field: "lease", message: "must be at least 300ms".into() });
         }
-        match self.runner {
-            RunnerMode::InProcess => {}
-            other => {
-                return Err(ConfigError::Unsupported {
-                    field: "runner",
-                    value: format!("{other:?}"),
-                    message: "only the in-process runner exists in this version; the thread-pool and \
-                              subprocess runners are planned"
-                        .into(),
-                });
-            }
-        }
         if let Some(topic) = self.groups.keys().next() {
             return Err(ConfigError::Unsupported {
                 field: "groups",
@@ -622,8 +610,9 @@ mod tests {
 
     #[test]
     fn unlanded_settings_are_refused_not_ignored() {
-        let c = WorkersConfig { runner: RunnerMode::Subprocess, ..WorkersConfig::default() };
-        assert!(matches!(c.validate(), Err(ConfigError::Unsupported { field: "runner", .. })));
+        for runner in [RunnerMode::InProcess, RunnerMode::ThreadPool, RunnerMode::Subprocess] {
+            assert_eq!(WorkersConfig { runner, ..WorkersConfig::default() }.validate(), Ok(()));
+        }
         let mut c = WorkersConfig::default();
         c.groups.insert("payments".into(), GroupConfig::default());
         assert!(matches!(c.validate(), Err(ConfigError::Unsupported { field: "groups", .. })));

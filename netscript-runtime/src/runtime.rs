@@ -21,7 +21,7 @@ use crate::scheduler::{
 };
 use crate::store::{ExecutionId, ExecutionRecord, ExecutionStatus, ExecutionStore, StoreError};
 use crate::time::Timestamp;
-use crate::worker::{Dispatcher, DispatcherOptions, WorkerReport};
+use crate::worker::{Dispatcher, DispatcherOptions, Runner, WorkerReport};
 
 /// Why a runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +271,11 @@ impl RuntimeBuilder {
             None => Registry::linked()?,
         };
         registry.check_states(&self.states)?;
+        if std::env::var_os(crate::worker::CHILD_ENV).is_some() {
+            // A child of the subprocess runner: serve the one attempt, open nothing, exit.
+            let code = crate::worker::serve_child(&registry, std::mem::take(&mut self.states)).await;
+            std::process::exit(code);
+        }
         let schedules = check_schedules(self.schedules.take().unwrap_or_else(|| SCHEDULES.iter().collect()))?;
         let (queue, kv, reason) = crate::backends::open(&self.config, self.queue.take(), self.kv.take()).await?;
         let providers = Providers { queue: queue.provider(), kv: kv.provider(), reason };
@@ -533,7 +538,19 @@ impl Runtime {
             shutdown_timeout: c.shutdown_timeout,
             poll_interval: c.poll_interval,
         };
-        tracing::info!(concurrency = c.concurrency, queue = self.inner.providers.queue, "workers started");
+        let runner = match Runner::new(c.runner, c.concurrency) {
+            Ok(runner) => runner,
+            Err(e) => {
+                tracing::error!(error = %e, runner = ?c.runner, "cannot start the runner; no job runs in this process");
+                return WorkerReport::default();
+            }
+        };
+        tracing::info!(
+            concurrency = c.concurrency,
+            queue = self.inner.providers.queue,
+            runner = runner.mode(),
+            "workers started"
+        );
         let report = Dispatcher::new(
             Arc::clone(&self.inner.queue),
             self.inner.store.clone(),
@@ -541,6 +558,7 @@ impl Runtime {
             Arc::clone(&self.inner.states),
             options,
         )
+        .with_runner(runner)
         .with_cancel_requests(self.inner.cancels.subscribe())
         .with_paused_topics(Arc::clone(&self.inner.paused))
         .run(stop)

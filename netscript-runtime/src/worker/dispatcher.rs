@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::policy::{Decision, decide};
 use super::recorder::{End, Event, RecorderSink, Recorders};
-use super::runner::{AttemptOutcome, InProcessRunner};
+use super::runner::{AttemptOutcome, Runner};
 use crate::job::{ContextParts, JobContext, Registry, StateMap};
 use crate::queue::{ClaimRequest, Delivery, Lease, MessageId, Queue, Settled, Settlement};
 use crate::store::{ExecutionRecord, ExecutionStatus, ExecutionStore};
@@ -77,7 +77,7 @@ struct Shared {
     registry: Registry,
     states: Arc<StateMap>,
     options: DispatcherOptions,
-    runner: InProcessRunner,
+    runner: Runner,
     events: Recorders,
     sink: Arc<RecorderSink>,
     in_flight: Mutex<HashMap<MessageId, InFlight>>,
@@ -147,6 +147,7 @@ pub struct Dispatcher {
     options: DispatcherOptions,
     cancels: Option<broadcast::Receiver<MessageId>>,
     paused: Arc<PausedTopics>,
+    runner: Runner,
 }
 
 impl Dispatcher {
@@ -158,7 +159,22 @@ impl Dispatcher {
         states: Arc<StateMap>,
         options: DispatcherOptions,
     ) -> Self {
-        Self { queue, store, registry, states, options, cancels: None, paused: Arc::default() }
+        Self {
+            queue,
+            store,
+            registry,
+            states,
+            options,
+            cancels: None,
+            paused: Arc::default(),
+            runner: Runner::default(),
+        }
+    }
+
+    /// Runs attempts on `runner` (in process by default).
+    pub fn with_runner(mut self, runner: Runner) -> Self {
+        self.runner = runner;
+        self
     }
 
     /// Skips the topics in `paused` while they are in it.
@@ -190,7 +206,7 @@ impl Dispatcher {
             store: self.store,
             registry: self.registry,
             states: self.states,
-            runner: InProcessRunner,
+            runner: self.runner,
             sink: Arc::new(RecorderSink(recorders.clone())),
             events: recorders,
             in_flight: Mutex::new(HashMap::new()),

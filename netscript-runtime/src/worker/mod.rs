@@ -2,7 +2,7 @@
 //! writes what happened to the execution store and settles the messages with the queue.
 //!
 //! ```text
-//! queue ──claim──► dispatcher ──► runner (in-process) ──outcome──► recorder ──► store, then settle
+//! queue ──claim──► dispatcher ──► runner (in-process | thread-pool | subprocess) ──outcome──► recorder ──► store, then settle
 //!   ▲                  │ heartbeat: extend leases of running jobs                      │
 //!   └──────────────────┴──────────────── ack / retry / dead-letter / release ◄─────────┘
 //! ```
@@ -17,11 +17,13 @@
 mod dispatcher;
 mod policy;
 mod recorder;
-mod runner;
+pub mod runner;
 
 pub use dispatcher::{
     CANCEL_PREFIX, CORRELATION_HEADER, Dispatcher, DispatcherOptions, PAUSED_PREFIX, PausedTopics, TRACEPARENT_HEADER,
     TRACESTATE_HEADER, WorkerReport,
 };
 pub use policy::{Decision, decide};
-pub use runner::{AttemptOutcome, InProcessRunner};
+pub use runner::{
+    AttemptOutcome, CHILD_ENV, ChildRequest, InProcessRunner, Runner, SubprocessRunner, ThreadPoolRunner, serve_child,
+};

@@ -1,3 +1,5 @@
+//! The in-process runner: attempts run as tokio tasks of the serving process.
+
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
@@ -5,35 +7,8 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::job::{JobContext, JobDescriptor, JobError, StateMap};
-
-/// How one attempt ended.
-#[derive(Debug)]
-pub enum AttemptOutcome {
-    /// The job returned its output.
-    Succeeded(serde_json::Value),
-    /// The job returned an error (or its payload did not decode).
-    Failed(JobError),
-    /// The job panicked; the panic's message.
-    Panicked(String),
-    /// The job ran past its timeout; its cancellation signal was fired and the run dropped.
-    TimedOut(Duration),
-    /// The run was stopped from outside (shutdown past its grace period, or the lease was
-    /// lost to another worker) before it finished.
-    Abandoned,
-}
-
-impl AttemptOutcome {
-    /// The error to record, and whether it is fatal; `None` for success and abandonment.
-    pub fn error(&self) -> Option<(String, bool)> {
-        match self {
-            Self::Succeeded(_) | Self::Abandoned => None,
-            Self::Failed(e) => Some((e.message().to_owned(), e.is_fatal())),
-            Self::Panicked(msg) => Some((format!("job panicked: {msg}"), false)),
-            Self::TimedOut(d) => Some((format!("job timed out after {}", humantime::format_duration(*d)), false)),
-        }
-    }
-}
+use super::{AttemptOutcome, panic_message};
+use crate::job::{JobContext, JobDescriptor, StateMap};
 
 /// Runs attempts as tokio tasks in this process: a panic is caught and reported, a timeout
 /// fires the job's cancellation signal and drops the run.
@@ -71,15 +46,5 @@ impl InProcessRunner {
             },
             () = stop.cancelled() => AttemptOutcome::Abandoned,
         }
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
     }
 }
