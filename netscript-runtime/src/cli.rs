@@ -79,7 +79,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Enqueue a job.
+    /// List the polyglot tasks (from code and `workers/runtime/tasks/`).
+    Tasks {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enqueue a job (or a task, by its id).
     Trigger {
         /// The job's id.
         id: String,
@@ -267,6 +273,7 @@ async fn execute(rt: &Runtime, command: Command) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Schedules { json } => print_schedules(rt, json),
+        Command::Tasks { json } => print_tasks(rt, json),
         Command::Trigger { id, payload, idempotency_key, priority, delay, wait, timeout } => {
             let payload = match payload.as_deref() {
                 None => serde_json::Value::Null,
@@ -458,6 +465,23 @@ fn print_table(records: &[ExecutionRecord]) {
 }
 
 /// `schedules`: each registered schedule, its expression, timezone and next fire times.
+fn print_tasks(rt: &Runtime, json: bool) -> Result<ExitCode, String> {
+    let tasks: Vec<_> = rt.tasks().iter().map(|t| crate::tasks::TaskDefinition::clone(t)).collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&tasks).map_err(|e| e.to_string())?);
+    } else if tasks.is_empty() {
+        println!("no tasks: define them in code or in {}/vX.Y.Z.json", crate::tasks::MANIFEST_DIR);
+    } else {
+        println!("{:<28} {:<11} {:>8} {:>6}  ENTRYPOINT", "ID", "RUNTIME", "TIMEOUT", "RETRY");
+        for t in tasks {
+            let timeout = humantime::format_duration(t.timeout).to_string();
+            let entrypoint = t.entrypoint.lines().next().unwrap_or_default();
+            println!("{:<28} {:<11} {:>8} {:>6}  {entrypoint}", t.id, t.runtime.name(), timeout, t.retry);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_schedules(rt: &Runtime, json: bool) -> Result<ExitCode, String> {
     let now = rt.clock().now();
     let schedules: Vec<_> = rt.schedules().iter().filter_map(|s| crate::scheduler::ScheduleInfo::of(s, now)).collect();

@@ -20,6 +20,7 @@ use crate::scheduler::{
     Clock, SCHEDULES, ScheduleDescriptor, ScheduleSetError, Scheduler, SchedulerError, SystemClock, check_schedules,
 };
 use crate::store::{ExecutionId, ExecutionRecord, ExecutionStatus, ExecutionStore, StoreError};
+use crate::tasks::{TaskDefinition, TaskTable};
 use crate::time::Timestamp;
 use crate::worker::{Dispatcher, DispatcherOptions, Runner, WorkerReport};
 
@@ -44,6 +45,9 @@ pub enum StartupError {
         /// Why (for the embedded store, this names the file).
         message: String,
     },
+    /// A task definition or manifest is invalid (the message names the file and the field).
+    #[error("tasks: {0}")]
+    Tasks(String),
     /// The API address could not be bound.
     #[error("could not listen on {addr}: {source}")]
     Bind {
@@ -132,6 +136,8 @@ struct Inner {
     cancels: tokio::sync::broadcast::Sender<ExecutionId>,
     /// Topics whose messages are not claimed, shared with this process's dispatchers.
     paused: Arc<crate::worker::PausedTopics>,
+    /// The polyglot tasks (also in `registry` as jobs, and in `states` for their handler).
+    tasks: Arc<TaskTable>,
 }
 
 /// A configured job system. Cheap to clone.
@@ -159,6 +165,8 @@ pub struct RuntimeBuilder {
     use_env: bool,
     schedules: Option<Vec<&'static ScheduleDescriptor>>,
     clock: Option<Arc<dyn Clock>>,
+    tasks: Vec<TaskDefinition>,
+    task_manifests: Option<PathBuf>,
 }
 
 impl Default for RuntimeBuilder {
@@ -172,6 +180,8 @@ impl Default for RuntimeBuilder {
             use_env: true,
             schedules: None,
             clock: None,
+            tasks: Vec::new(),
+            task_manifests: Some(PathBuf::from(crate::tasks::MANIFEST_DIR)),
         }
     }
 }
@@ -238,6 +248,21 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Adds a polyglot task (see [`crate::tasks`]): it is enqueued, run, retried and listed
+    /// like a job with its id.
+    pub fn task(mut self, task: TaskDefinition) -> Self {
+        self.tasks.push(task);
+        self
+    }
+
+    /// Reads task manifests from `dir` (the highest `vX.Y.Z.json` wins) instead of
+    /// `workers/runtime/tasks`, the default; `None` reads none. A directory that does not
+    /// exist holds no tasks.
+    pub fn task_manifests(mut self, dir: Option<PathBuf>) -> Self {
+        self.task_manifests = dir;
+        self
+    }
+
     /// The clock the scheduler reads (a `ManualClock` in tests); the system clock by default.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
@@ -257,6 +282,15 @@ impl RuntimeBuilder {
         crate::cli::run(self).await
     }
 
+    /// The tasks given in code and in the manifest directory.
+    fn task_table(&mut self) -> Result<TaskTable, StartupError> {
+        let mut tasks = std::mem::take(&mut self.tasks);
+        if let Some(dir) = &self.task_manifests {
+            tasks.extend(crate::tasks::load_manifests(dir).map_err(|e| StartupError::Tasks(e.to_string()))?);
+        }
+        TaskTable::new(tasks).map_err(StartupError::Tasks)
+    }
+
     /// Validates everything and opens the backends.
     pub async fn build(mut self) -> Result<Runtime, StartupError> {
         if self.use_env {
@@ -266,10 +300,17 @@ impl RuntimeBuilder {
             }
         }
         self.config.validate()?;
+        let tasks = self.task_table()?;
         let registry = match self.registry.take() {
-            Some(r) => r,
-            None => Registry::linked()?,
+            Some(r) if tasks.is_empty() => r,
+            Some(r) => Registry::new(r.iter().chain(tasks.descriptors()))?,
+            None => Registry::new(crate::job::JOBS.iter().chain(tasks.descriptors()))?,
         };
+        let tasks = Arc::new(tasks);
+        if !tasks.is_empty() {
+            tracing::info!(tasks = tasks.len(), "polyglot tasks registered");
+            self.states.insert_arc(Arc::clone(&tasks));
+        }
         registry.check_states(&self.states)?;
         if std::env::var_os(crate::worker::CHILD_ENV).is_some() {
             // A child of the subprocess runner: serve the one attempt, open nothing, exit.
@@ -297,6 +338,7 @@ impl RuntimeBuilder {
                 cancels: tokio::sync::broadcast::channel(1024).0,
                 paused,
                 schedules,
+                tasks,
                 clock: self.clock.take().unwrap_or_else(|| Arc::new(SystemClock)),
             }),
         })
@@ -406,7 +448,13 @@ impl Runtime {
                 // Serializing a `serde_json::Value` cannot fail.
                 payload: serde_json::to_vec(&payload).unwrap_or_default(),
                 headers,
-                priority: options.priority,
+                priority: match options.priority {
+                    // A task's own priority is the default of its enqueues.
+                    0 if !self.inner.tasks.is_empty() => {
+                        self.inner.tasks.get(job.id).map_or(0, |t| i32::from(t.priority))
+                    }
+                    p => p,
+                },
                 delay: options.delay.unwrap_or(Duration::ZERO),
                 idempotency_key: options.idempotency_key,
                 concurrency_key: options.concurrency_key,
@@ -481,6 +529,11 @@ impl Runtime {
     /// The schedules registered with `#[scheduled]` (or given to the builder), by id.
     pub fn schedules(&self) -> &[&'static ScheduleDescriptor] {
         &self.inner.schedules
+    }
+
+    /// The polyglot tasks, by id (each is also a job in [`registry`](Self::registry)).
+    pub fn tasks(&self) -> &TaskTable {
+        &self.inner.tasks
     }
 
     /// The clock the scheduler reads.

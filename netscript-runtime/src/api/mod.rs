@@ -16,6 +16,7 @@
 //! | `POST /api/v1/workers/topics/{topic}/pause`, `.../resume` | stop or restart claiming a topic |
 //! | `GET /api/v1/workers/subscribe?job=&execution=` | execution changes as server-sent events |
 //! | `GET /api/v1/workers/schedules` | registered schedules: expression, timezone, next five fire times |
+//! | `GET /api/v1/workers/tasks` | polyglot tasks: runtime, entrypoint, limits, permissions |
 //! | `GET /api/v1/openapi.json` | OpenAPI 3.1, each job's trigger body typed by its schema |
 //!
 //! Errors are JSON `{ "error": { "code", "message" } }` with the matching status, for
@@ -29,6 +30,7 @@ pub mod openapi;
 mod routes;
 mod schedules;
 mod sse;
+mod tasks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -58,6 +60,7 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/api/v1/workers/topics/{topic}/resume", post(routes::resume_topic))
         .route("/api/v1/workers/subscribe", get(sse::subscribe))
         .route("/api/v1/workers/schedules", get(schedules::list_schedules))
+        .route("/api/v1/workers/tasks", get(tasks::list_tasks))
         .route("/api/v1/openapi.json", get(routes::openapi))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

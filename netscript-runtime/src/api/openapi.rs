@@ -204,6 +204,28 @@ pub fn document(rt: &Runtime) -> Value {
             }
         } }),
     );
+    paths.insert(
+        "/api/v1/workers/tasks".into(),
+        json!({ "get": {
+            "operationId": "listTasks", "summary": "Polyglot tasks (each triggered like a job, by its id)",
+            "responses": {
+                "200": { "description": "The tasks", "content": { "application/json": { "schema": { "type": "array", "items": {
+                    "type": "object", "required": ["id", "runtime", "entrypoint", "timeoutMs", "retry", "topic"], "properties": {
+                        "id": { "type": "string" },
+                        "runtime": { "type": "string", "enum": ["deno", "python", "dotnet", "cmd", "powershell", "shell", "executable"] },
+                        "entrypoint": { "type": "string" }, "args": { "type": "array", "items": { "type": "string" } },
+                        "timeoutMs": { "type": "integer" }, "retry": { "type": "integer" }, "retryDelayMs": { "type": "integer" },
+                        "maxConcurrency": { "type": "integer" }, "priority": { "type": "integer", "minimum": 0, "maximum": 100 },
+                        "topic": { "type": "string" },
+                        "permissions": { "type": "object", "properties": {
+                            "enforced": { "type": "boolean" }, "flags": { "type": "array", "items": { "type": "string" } } } },
+                        "envAllow": { "type": "array", "items": { "type": "string" } },
+                        "env": { "type": "array", "items": { "type": "string" } },
+                        "cwd": { "type": "string" }, "description": { "type": "string" } } } } } } },
+                "401": error_response("Missing or wrong token")
+            }
+        } }),
+    );
     paths.insert("/api/v1/workers/subscribe".into(), json!({ "get": {
         "operationId": "subscribe", "summary": "Execution changes as server-sent events",
         "parameters": [

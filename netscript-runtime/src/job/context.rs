@@ -182,6 +182,20 @@ impl JobContext {
         self.inner.sink.report(self.inner.execution_id, progress).await;
     }
 
+    /// A sender for progress reports from synchronous code (a child process's stdout reader),
+    /// and the future that relays them to [`progress`](Self::progress) until every clone of
+    /// the sender is dropped. Reports sent while the relay is behind by 16 are dropped:
+    /// progress is a hint, and its sender must never block.
+    pub fn progress_relay(&self) -> (ProgressSender, impl std::future::Future<Output = ()> + Send + '_) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(u8, String)>(16);
+        let relay = async move {
+            while let Some((percent, message)) = rx.recv().await {
+                self.progress(percent, message).await;
+            }
+        };
+        (ProgressSender(tx), relay)
+    }
+
     /// The tracing span of this attempt. The worker runs the job inside it, so plain
     /// `tracing::info!` calls in a job already carry the job id, execution id and attempt.
     pub fn span(&self) -> &tracing::Span {
@@ -191,6 +205,17 @@ impl JobContext {
     /// A logger whose lines carry this execution's fields.
     pub fn logger(&self) -> JobLogger<'_> {
         JobLogger { span: &self.inner.span }
+    }
+}
+
+/// Sends progress reports to a [`JobContext::progress_relay`] without waiting.
+#[derive(Clone, Debug)]
+pub struct ProgressSender(tokio::sync::mpsc::Sender<(u8, String)>);
+
+impl ProgressSender {
+    /// Queues a report; drops it when the relay is 16 behind or gone.
+    pub fn send(&self, percent: u8, message: String) {
+        let _ = self.0.try_send((percent.min(100), message));
     }
 }
 

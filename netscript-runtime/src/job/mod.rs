@@ -13,7 +13,7 @@ mod registry;
 mod state;
 
 pub use backoff::Backoff;
-pub use context::{ContextParts, JobContext, JobLogger, Progress, ProgressSink};
+pub use context::{ContextParts, JobContext, JobLogger, Progress, ProgressSender, ProgressSink};
 pub use descriptor::{HandlerFuture, JobDescriptor, JobHandler, Location, PayloadSpec, StateSpec, check_payload};
 pub use error::{JobError, JobErrorKind, JobResult};
 pub use handle::{EnqueueJob, EnqueueOptions};

@@ -31,6 +31,7 @@
 //! Run such tasks under a dedicated user or in a container when that matters.
 
 mod definition;
+mod job;
 mod manifest;
 mod permissions;
 mod run;
@@ -40,6 +41,7 @@ pub use definition::{
     DEFAULT_PRIORITY, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT, PYTHON_ENV, TaskBuilder, TaskDefinition, TaskError,
     define_task, is_kebab_case,
 };
+pub use job::TaskTable;
 pub use manifest::{MANIFEST_DIR, ManifestError, latest_manifest, load_manifests, parse_manifest};
 pub use permissions::{Access, PRESETS, Permissions, UnknownPreset};
 pub use run::{TaskInput, TaskOutcome, run_task};

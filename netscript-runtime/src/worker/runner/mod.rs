@@ -7,6 +7,9 @@
 //! | [`ThreadPoolRunner`] | a dedicated OS thread with its own single-threaded runtime, one per slot | a CPU-bound job stalls only its own slot, never the API or the dispatcher | one thread per slot |
 //! | [`SubprocessRunner`] | a child process re-executing this binary | a crash, an abort or a leak ends with the child | a process start per attempt |
 //!
+//! Polyglot tasks (see [`crate::tasks`]) are child processes of their own: the subprocess
+//! runner runs them as the in-process runner does, without a second process around them.
+//!
 //! Each mode reports an [`AttemptOutcome`]; timeouts, panics and shutdown mean the same in
 //! all three (see [`AttemptOutcome`]).
 
@@ -25,6 +28,7 @@ pub use thread_pool::ThreadPoolRunner;
 
 use crate::config::RunnerMode;
 use crate::job::{JobContext, JobDescriptor, JobError, StateMap};
+use crate::tasks::TaskTable;
 
 /// How one attempt ended.
 #[derive(Debug)]
@@ -107,9 +111,18 @@ impl Runner {
         match self {
             Runner::InProcess(r) => r.run(job, ctx, payload, states, timeout, stop).await,
             Runner::ThreadPool(r) => r.run(job, ctx, payload, states, timeout, stop).await,
+            // A polyglot task is a child process already: it needs no second one around it.
+            Runner::Subprocess(_) if is_task(job, states) => {
+                InProcessRunner.run(job, ctx, payload, states, timeout, stop).await
+            }
             Runner::Subprocess(r) => r.run(job, ctx, payload, timeout, stop).await,
         }
     }
+}
+
+/// Whether `job` is one of the runtime's polyglot tasks.
+fn is_task(job: &JobDescriptor, states: &StateMap) -> bool {
+    states.get::<TaskTable>().is_some_and(|tasks| tasks.get(job.id).is_some())
 }
 
 /// The message of a caught panic.

@@ -35,11 +35,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{AttemptOutcome, InProcessRunner};
-use crate::job::{ContextParts, JobContext, JobDescriptor, JobError, Progress, ProgressSink, Registry, StateMap};
+use crate::job::{
+    ContextParts, JobContext, JobDescriptor, JobError, Progress, ProgressSender, ProgressSink, Registry, StateMap,
+};
 use crate::process::{ChildEnd, ChildEnv, ChildMessage, ChildReport, ChildSpec, StdoutLine, encode, supervise};
 use crate::store::ExecutionId;
 
@@ -130,17 +131,12 @@ impl SubprocessRunner {
         };
 
         let mut answer = Answer::default();
-        let (progress, mut reports) = mpsc::channel::<(u8, String)>(16);
+        let (progress, relay) = ctx.progress_relay();
         let execution = ctx.execution_id();
-        // The closure owns the sender, so `forward` ends when the child's stdout does.
+        // The closure owns the sender, so the relay ends when the child's stdout does.
         let reading = &mut answer;
         let on_line = move |line: StdoutLine| reading.read(line, &progress, execution);
-        let forward = async {
-            while let Some((percent, message)) = reports.recv().await {
-                ctx.progress(percent, message).await;
-            }
-        };
-        let (report, ()) = tokio::join!(supervise(spec, timeout.saturating_add(KILL_GRACE), stop, on_line), forward);
+        let (report, ()) = tokio::join!(supervise(spec, timeout.saturating_add(KILL_GRACE), stop, on_line), relay);
         match report {
             Ok(report) => answer.outcome(report, timeout),
             Err(e) => AttemptOutcome::Failed(JobError::retryable(format!("the subprocess runner could not run: {e}"))),
@@ -157,12 +153,9 @@ struct Answer {
 }
 
 impl Answer {
-    fn read(&mut self, line: StdoutLine, progress: &mpsc::Sender<(u8, String)>, execution: ExecutionId) {
+    fn read(&mut self, line: StdoutLine, progress: &ProgressSender, execution: ExecutionId) {
         match line {
-            StdoutLine::Message(ChildMessage::Progress { percent, message }) => {
-                // Progress is a hint: when the store is slow, drop reports rather than block.
-                let _ = progress.try_send((percent.min(100), message));
-            }
+            StdoutLine::Message(ChildMessage::Progress { percent, message }) => progress.send(percent, message),
             StdoutLine::Message(ChildMessage::Result(value)) => self.result = Some(value),
             StdoutLine::Message(ChildMessage::Error { message, fatal }) => self.error = Some((message, fatal)),
             StdoutLine::Output(text) => tracing::debug!(%execution, "child: {text}"),
