@@ -40,8 +40,8 @@ pub use netscript_runtime::runtime::{CancelOutcome, EnqueueError, Providers, Rec
 pub use netscript_runtime::{
     Backoff, CancellationToken, EnqueueJob, EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, JobContext,
     JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, Runtime, RuntimeBuilder,
-    StartupError, State, WorkersConfig, api, backends, cli, config, cron, job as jobs, kv, process, queue, scheduler,
-    store, tasks, time, worker,
+    StartupError, State, WorkerPool, WorkerSelection, WorkersConfig, api, backends, cli, config, cron, job as jobs,
+    kv, process, queue, scheduler, store, tasks, time, worker,
 };
 
 /// Runs the app: parses the command line (`serve`, `jobs`, `trigger`, `executions`, ...) and

@@ -57,6 +57,9 @@ pub enum Command {
         /// Jobs run at once.
         #[arg(long)]
         concurrency: Option<usize>,
+        /// Run only this topic's workers (repeat for several); default: every worker group.
+        #[arg(long = "topic", value_name = "TOPIC")]
+        topics: Vec<String>,
         /// Do not fire schedules in this process (another process does).
         #[arg(long)]
         no_scheduler: bool,
@@ -189,7 +192,7 @@ pub async fn run_cli(mut builder: RuntimeBuilder, cli: Cli) -> ExitCode {
             builder = override_concurrency(builder, *concurrency);
             builder = override_scheduler(builder, *no_scheduler);
         }
-        Command::Worker { concurrency, no_scheduler } => {
+        Command::Worker { concurrency, no_scheduler, .. } => {
             builder = override_concurrency(builder, *concurrency);
             builder = override_scheduler(builder, *no_scheduler);
         }
@@ -237,14 +240,18 @@ async fn execute(rt: &Runtime, command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Serve { .. } => serve(rt, true).await,
         Command::Api { .. } => serve(rt, false).await,
-        Command::Worker { .. } => {
+        Command::Worker { topics, .. } => {
             let stop = tokio_util::sync::CancellationToken::new();
             let trigger = stop.clone();
             tokio::spawn(async move {
                 shutdown_signal().await;
                 trigger.cancel();
             });
-            rt.run_workers(stop).await;
+            let selection = match topics.is_empty() {
+                true => crate::runtime::WorkerSelection::All,
+                false => crate::runtime::WorkerSelection::Topics(topics),
+            };
+            rt.run_workers_for(&selection, stop).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs { json } => {

@@ -2,9 +2,7 @@
 //! embedded store keeps its file, where the API listens.
 //!
 //! Built in code with defaults, then overridden by the environment
-//! ([`WorkersConfig::apply_env`]). Settings whose machinery has not landed yet (per-topic
-//! worker groups) are accepted by the type but refused by [`WorkersConfig::validate`] with a
-//! clear error, never silently ignored.
+//! ([`WorkersConfig::apply_env`]), and checked by [`WorkersConfig::validate`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -98,10 +96,12 @@ impl std::str::FromStr for RunnerMode {
 /// How a worker group is deployed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ScalingMode {
-    /// Workers, scheduler and API in one process.
+    /// The group's workers run in every process that runs workers, `serve` included (with the
+    /// API and the scheduler).
     #[default]
     Combined,
-    /// Workers and API as separate processes on one queue.
+    /// The group's workers run only in worker processes (`worker`, or `worker --topic <it>`);
+    /// `serve` runs the API and the other groups, not this one.
     Distributed,
 }
 
@@ -110,11 +110,12 @@ pub enum ScalingMode {
 pub struct Scaling {
     /// Deployment mode.
     pub mode: ScalingMode,
-    /// Slots for this group.
+    /// Slots for this group, in each process that runs it.
     pub concurrency: usize,
 }
 
-/// How long execution history is kept.
+/// How long execution history is kept. Recorded in the configuration; the pruner that
+/// applies it is not in this build yet (records are kept until deleted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention {
     /// Days in the key-value store.
@@ -129,13 +130,36 @@ impl Default for Retention {
     }
 }
 
-/// Settings of one topic's worker group.
+/// Settings of one topic's worker group: its own slots (and runner) instead of a share of
+/// the process-wide pool, so a slow topic never starves the others.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GroupConfig {
-    /// Scaling.
+    /// Scaling; `None`: combined, with the process's `concurrency`.
     pub scaling: Option<Scaling>,
+    /// The group's runner; `None`: the process's `runner`.
+    pub runner: Option<RunnerMode>,
     /// Retention.
     pub retention: Retention,
+}
+
+impl GroupConfig {
+    /// A combined group with `concurrency` slots.
+    pub fn with_concurrency(concurrency: usize) -> Self {
+        Self { scaling: Some(Scaling { mode: ScalingMode::Combined, concurrency }), ..Self::default() }
+    }
+
+    /// The same group, deployed `mode`.
+    pub fn mode(mut self, mode: ScalingMode) -> Self {
+        let concurrency = self.scaling.map_or(0, |s| s.concurrency);
+        self.scaling = Some(Scaling { mode, concurrency });
+        self
+    }
+
+    /// The same group, on `runner`.
+    pub fn runner(mut self, runner: RunnerMode) -> Self {
+        self.runner = Some(runner);
+        self
+    }
 }
 
 /// A configuration problem.
@@ -482,14 +506,19 @@ impl WorkersConfig {
         if self.lease < Duration::from_millis(300) {
             return Err(ConfigError::Invalid { field: "lease", message: "must be at least 300ms".into() });
         }
-        if let Some(topic) = self.groups.keys().next() {
-            return Err(ConfigError::Unsupported {
-                field: "groups",
-                value: format!("{{ {topic:?}: ... }}"),
-                message: "per-topic worker groups are planned; today every topic shares the one pool \
-                          of `concurrency` slots"
-                    .into(),
-            });
+        for (topic, group) in &self.groups {
+            if topic.trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: "groups",
+                    message: "a group's topic must not be empty".into(),
+                });
+            }
+            if group.scaling.is_some_and(|s| s.concurrency == 0) {
+                return Err(ConfigError::Invalid {
+                    field: "groups",
+                    message: format!("group `{topic}`: concurrency must be at least 1"),
+                });
+            }
         }
         Ok(())
     }
@@ -609,13 +638,18 @@ mod tests {
     }
 
     #[test]
-    fn unlanded_settings_are_refused_not_ignored() {
+    fn runners_and_groups_are_validated() {
         for runner in [RunnerMode::InProcess, RunnerMode::ThreadPool, RunnerMode::Subprocess] {
             assert_eq!(WorkersConfig { runner, ..WorkersConfig::default() }.validate(), Ok(()));
         }
         let mut c = WorkersConfig::default();
-        c.groups.insert("payments".into(), GroupConfig::default());
-        assert!(matches!(c.validate(), Err(ConfigError::Unsupported { field: "groups", .. })));
+        c.groups.insert("payments".into(), GroupConfig::with_concurrency(0));
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid `groups`: group `payments`: concurrency must be at least 1"
+        );
+        c.groups.insert("payments".into(), GroupConfig::with_concurrency(4).mode(ScalingMode::Distributed));
+        assert_eq!(c.validate(), Ok(()));
         assert_eq!(WorkersConfig::default().validate(), Ok(()));
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, QueueProvider, WorkersConfig};
+use crate::config::{ConfigError, GroupConfig, QueueProvider, RunnerMode, ScalingMode, WorkersConfig};
 use crate::job::{EnqueueJob, EnqueueOptions, JobDescriptor, Registry, RegistryError, StateMap};
 use crate::kv::Kv;
 use crate::queue::{Enqueued, MessageId, NewMessage, Queue, QueueError};
@@ -56,6 +56,30 @@ pub enum StartupError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// Which worker pools a process runs (see [`WorkersConfig::groups`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum WorkerSelection {
+    /// Every group, and the topics in none (`worker`).
+    #[default]
+    All,
+    /// What `serve` runs: every group but the `distributed` ones, and the topics in none.
+    Serving,
+    /// These topics only (`worker --topic a --topic b`): their groups, and one pool for those
+    /// in no group.
+    Topics(Vec<String>),
+}
+
+/// One pool of worker slots: a dispatcher over some topics, with its own runner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerPool {
+    /// The topics it claims; empty for all.
+    pub topics: Vec<String>,
+    /// Its slots.
+    pub concurrency: usize,
+    /// Where its attempts run.
+    pub runner: RunnerMode,
 }
 
 /// Why an enqueue was refused.
@@ -549,10 +573,15 @@ impl Runtime {
         Ok(scheduler)
     }
 
-    /// Runs workers, and the scheduler when schedules are registered and
-    /// [`WorkersConfig::scheduler`] is on, until `stop` fires; then stops the scheduler and
-    /// drains the workers (see [`Dispatcher::run`]).
+    /// Runs every worker pool (each group's and the rest's), and the scheduler when schedules
+    /// are registered and [`WorkersConfig::scheduler`] is on, until `stop` fires; then stops
+    /// the scheduler and drains the workers (see [`Dispatcher::run`]).
     pub async fn run_workers(&self, stop: CancellationToken) -> WorkerReport {
+        self.run_workers_for(&WorkerSelection::All, stop).await
+    }
+
+    /// [`run_workers`](Self::run_workers) for the pools `selection` picks.
+    pub async fn run_workers_for(&self, selection: &WorkerSelection, stop: CancellationToken) -> WorkerReport {
         let scheduler = match self.inner.schedules.is_empty() || !self.inner.config.scheduler {
             true => {
                 if !self.inner.schedules.is_empty() {
@@ -574,37 +603,96 @@ impl Runtime {
                 }
             },
         };
-        let report = self.run_dispatcher(stop).await;
+        let report = self.run_pools(selection, stop).await;
         if let Some(scheduler) = scheduler {
             scheduler.stop().await;
         }
         report
     }
 
-    async fn run_dispatcher(&self, stop: CancellationToken) -> WorkerReport {
+    /// The worker pools `selection` runs: one per worker group, and one for the topics in no
+    /// group.
+    pub fn worker_pools(&self, selection: &WorkerSelection) -> Vec<WorkerPool> {
         let c = &self.inner.config;
+        let pool = |topics: Vec<String>, group: Option<&GroupConfig>| WorkerPool {
+            topics,
+            concurrency: group.and_then(|g| g.scaling).map_or(c.concurrency, |s| s.concurrency),
+            runner: group.and_then(|g| g.runner).unwrap_or(c.runner),
+        };
+        let mut pools = Vec::new();
+        for (topic, group) in &c.groups {
+            let distributed = group.scaling.is_some_and(|s| s.mode == ScalingMode::Distributed);
+            let runs = match selection {
+                WorkerSelection::All => true,
+                WorkerSelection::Serving => !distributed,
+                WorkerSelection::Topics(topics) => topics.contains(topic),
+            };
+            if runs {
+                pools.push(pool(vec![topic.clone()], Some(group)));
+            }
+        }
+        let ungrouped: Vec<String> = match selection {
+            WorkerSelection::Topics(topics) => topics.iter().filter(|t| !c.groups.contains_key(*t)).cloned().collect(),
+            // No groups: one pool claims every topic, this binary's or not.
+            _ if c.groups.is_empty() => Vec::new(),
+            _ => self
+                .inner
+                .registry
+                .topics()
+                .into_iter()
+                .filter(|t| !c.groups.contains_key(*t))
+                .map(str::to_owned)
+                .collect(),
+        };
+        let everything = c.groups.is_empty() && !matches!(selection, WorkerSelection::Topics(_));
+        if everything || !ungrouped.is_empty() {
+            pools.push(pool(ungrouped, None));
+        }
+        pools
+    }
+
+    /// Runs the worker pools of `selection` until `stop` fires, then drains them all. Unlike
+    /// [`run_workers`](Self::run_workers), fires no schedules.
+    pub async fn run_pools(&self, selection: &WorkerSelection, stop: CancellationToken) -> WorkerReport {
+        let pools = self.worker_pools(selection);
+        if pools.is_empty() {
+            tracing::warn!(?selection, "no worker pool to run: no group or topic matches");
+        }
+        let runs = pools.into_iter().map(|pool| self.run_pool(pool, stop.clone()));
+        let reports = futures::future::join_all(runs).await;
+        let report = reports.into_iter().fold(WorkerReport::default(), |sum, r| WorkerReport {
+            started: sum.started + r.started,
+            abandoned: sum.abandoned + r.abandoned,
+        });
+        tracing::info!(started = report.started, abandoned = report.abandoned, "workers stopped");
+        report
+    }
+
+    async fn run_pool(&self, pool: WorkerPool, stop: CancellationToken) -> WorkerReport {
+        let c = &self.inner.config;
+        let runner = match Runner::new(pool.runner, pool.concurrency) {
+            Ok(runner) => runner,
+            Err(e) => {
+                tracing::error!(error = %e, runner = ?pool.runner, topics = ?pool.topics, "cannot start the runner; these topics do not run here");
+                return WorkerReport::default();
+            }
+        };
+        tracing::info!(
+            topics = if pool.topics.is_empty() { "all".to_owned() } else { pool.topics.join(",") },
+            concurrency = pool.concurrency,
+            queue = self.inner.providers.queue,
+            runner = runner.mode(),
+            "workers started"
+        );
         let options = DispatcherOptions {
-            concurrency: c.concurrency,
-            topics: Vec::new(),
+            concurrency: pool.concurrency,
+            topics: pool.topics,
             lease: c.lease,
             default_timeout: c.default_timeout,
             shutdown_timeout: c.shutdown_timeout,
             poll_interval: c.poll_interval,
         };
-        let runner = match Runner::new(c.runner, c.concurrency) {
-            Ok(runner) => runner,
-            Err(e) => {
-                tracing::error!(error = %e, runner = ?c.runner, "cannot start the runner; no job runs in this process");
-                return WorkerReport::default();
-            }
-        };
-        tracing::info!(
-            concurrency = c.concurrency,
-            queue = self.inner.providers.queue,
-            runner = runner.mode(),
-            "workers started"
-        );
-        let report = Dispatcher::new(
+        Dispatcher::new(
             Arc::clone(&self.inner.queue),
             self.inner.store.clone(),
             self.inner.registry.clone(),
@@ -615,9 +703,7 @@ impl Runtime {
         .with_cancel_requests(self.inner.cancels.subscribe())
         .with_paused_topics(Arc::clone(&self.inner.paused))
         .run(stop)
-        .await;
-        tracing::info!(started = report.started, abandoned = report.abandoned, "workers stopped");
-        report
+        .await
     }
 
     /// Serves the HTTP API (and, when `workers` is true and the config enables them, the
@@ -646,7 +732,7 @@ impl Runtime {
         let workers = (workers && self.inner.config.enabled).then(|| {
             let rt = self.clone();
             let stop = stop.clone();
-            tokio::spawn(async move { rt.run_workers(stop).await })
+            tokio::spawn(async move { rt.run_workers_for(&WorkerSelection::Serving, stop).await })
         });
         let api_stop = stop.clone();
         let app = crate::api::router(self.clone());
