@@ -36,12 +36,14 @@ pub use netscript_runtime::postgres;
 /// The Redis connection and options (feature `redis`).
 #[cfg(feature = "redis")]
 pub use netscript_runtime::redis;
-pub use netscript_runtime::runtime::{CancelOutcome, EnqueueError, Providers, Receipt};
+pub use netscript_runtime::runtime::{
+    CancelOutcome, EnqueueError, Providers, Receipt, SHUTDOWN_API, SHUTDOWN_APP, SHUTDOWN_WORKERS,
+};
 pub use netscript_runtime::{
     Backoff, CancellationToken, EnqueueJob, EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, JobContext,
     JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, Runtime, RuntimeBuilder,
-    StartupError, State, WorkerPool, WorkerSelection, WorkersConfig, api, backends, cli, config, cron, job as jobs,
-    kv, process, queue, scheduler, store, tasks, time, worker,
+    StartupError, State, WorkerPool, WorkerSelection, WorkersConfig, api, backends, cli, config, cron, job as jobs, kv,
+    process, queue, scheduler, shutdown, store, tasks, time, worker,
 };
 
 /// Runs the app: parses the command line (`serve`, `jobs`, `trigger`, `executions`, ...) and

@@ -227,6 +227,21 @@ async fn trigger_run_and_read_over_a_real_socket() {
     assert_eq!(r.status, ExecutionStatus::Succeeded);
 }
 
+#[tokio::test]
+async fn serve_shuts_down_the_api_then_the_workers_then_the_apps_resources() {
+    let rt = runtime().await;
+    // Finished in order, priority after priority: the pool closes once the workers drained.
+    rt.shutdown_manager().register("database pool", netscript::SHUTDOWN_APP, || async { Ok(()) });
+    let (addr, tx, server) = serve(&rt).await;
+    let (status, _) = http(addr, "GET", "/health", "").await;
+    assert_eq!(status, 200);
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server).await.expect("server stops").unwrap();
+    let report = rt.shutdown_manager().wait_for_shutdown().await;
+    assert_eq!(report.stopped, ["api", "workers", "database pool"], "{report:?}");
+    assert!(report.is_clean(), "{report:?}");
+}
+
 async fn runtime_with(configure: impl FnOnce(&mut netscript::WorkersConfig)) -> Runtime {
     Runtime::builder().ignore_env().provider(QueueProvider::Memory).configure(configure).build().await.expect("runtime")
 }

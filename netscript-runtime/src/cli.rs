@@ -241,17 +241,11 @@ async fn execute(rt: &Runtime, command: Command) -> Result<ExitCode, String> {
         Command::Serve { .. } => serve(rt, true).await,
         Command::Api { .. } => serve(rt, false).await,
         Command::Worker { topics, .. } => {
-            let stop = tokio_util::sync::CancellationToken::new();
-            let trigger = stop.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                trigger.cancel();
-            });
             let selection = match topics.is_empty() {
                 true => crate::runtime::WorkerSelection::All,
                 false => crate::runtime::WorkerSelection::Topics(topics),
             };
-            rt.run_workers_for(&selection, stop).await;
+            rt.run_workers_until(selection, shutdown_signal()).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs { json } => {

@@ -33,9 +33,11 @@ pub mod queue;
 pub mod redis;
 pub mod runtime;
 pub mod scheduler;
+pub mod shutdown;
 pub mod store;
 pub mod tasks;
 pub mod time;
+pub mod webhook;
 pub mod worker;
 
 pub use config::{QueueProvider, RunnerMode, WorkersConfig};

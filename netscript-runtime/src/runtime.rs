@@ -4,6 +4,7 @@
 //! Which backends it opens, and why, is [`crate::backends`]: discovery for `auto`, the key-value
 //! store that goes with each queue, and connecting to a broker.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,9 +20,11 @@ use crate::queue::{Enqueued, MessageId, NewMessage, Queue, QueueError};
 use crate::scheduler::{
     Clock, SCHEDULES, ScheduleDescriptor, ScheduleSetError, Scheduler, SchedulerError, SystemClock, check_schedules,
 };
+use crate::shutdown::{ShutdownManager, ShutdownReport};
 use crate::store::{ExecutionId, ExecutionRecord, ExecutionStatus, ExecutionStore, StoreError};
 use crate::tasks::{TaskDefinition, TaskTable};
 use crate::time::Timestamp;
+use crate::webhook::{ArmedWebhook, WEBHOOKS, WebhookDescriptor, arm_webhooks};
 use crate::worker::{Dispatcher, DispatcherOptions, Runner, WorkerReport};
 
 /// Why a runtime could not start.
@@ -45,6 +48,9 @@ pub enum StartupError {
         /// Why (for the embedded store, this names the file).
         message: String,
     },
+    /// The registered webhooks are inconsistent, or a secret is missing.
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhook::WebhookSetError),
     /// A task definition or manifest is invalid (the message names the file and the field).
     #[error("tasks: {0}")]
     Tasks(String),
@@ -56,6 +62,22 @@ pub enum StartupError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// Shutdown priority of the API (stops taking requests first).
+pub const SHUTDOWN_API: i32 = 0;
+/// Shutdown priority of the workers (stop claiming, drain, give back the rest).
+pub const SHUTDOWN_WORKERS: i32 = 10;
+/// A shutdown priority for the app's own resources, after the workers drained.
+pub const SHUTDOWN_APP: i32 = 100;
+
+/// Logs how a shutdown went.
+fn log_shutdown(report: &ShutdownReport) {
+    if report.is_clean() {
+        tracing::info!(stopped = ?report.stopped, elapsed = ?report.elapsed, "shutdown complete");
+    } else {
+        tracing::warn!(stopped = ?report.stopped, failed = ?report.failed, timed_out = ?report.timed_out, elapsed = ?report.elapsed, "shutdown incomplete");
+    }
 }
 
 /// Which worker pools a process runs (see [`WorkersConfig::groups`]).
@@ -162,6 +184,10 @@ struct Inner {
     paused: Arc<crate::worker::PausedTopics>,
     /// The polyglot tasks (also in `registry` as jobs, and in `states` for their handler).
     tasks: Arc<TaskTable>,
+    /// The webhooks the API serves, with their secrets, sorted by id.
+    webhooks: Vec<ArmedWebhook>,
+    /// The process's shutdown sequence.
+    shutdown: ShutdownManager,
 }
 
 /// A configured job system. Cheap to clone.
@@ -191,6 +217,8 @@ pub struct RuntimeBuilder {
     clock: Option<Arc<dyn Clock>>,
     tasks: Vec<TaskDefinition>,
     task_manifests: Option<PathBuf>,
+    webhooks: Option<Vec<&'static WebhookDescriptor>>,
+    webhook_secrets: HashMap<String, String>,
 }
 
 impl Default for RuntimeBuilder {
@@ -206,6 +234,8 @@ impl Default for RuntimeBuilder {
             clock: None,
             tasks: Vec::new(),
             task_manifests: Some(PathBuf::from(crate::tasks::MANIFEST_DIR)),
+            webhooks: None,
+            webhook_secrets: HashMap::new(),
         }
     }
 }
@@ -269,6 +299,19 @@ impl RuntimeBuilder {
     /// (an empty list: the workers fire no schedules).
     pub fn schedules(mut self, schedules: Vec<&'static ScheduleDescriptor>) -> Self {
         self.schedules = Some(schedules);
+        self
+    }
+
+    /// Uses these webhooks instead of the ones registered with `#[webhook]` in the binary.
+    pub fn webhooks(mut self, webhooks: Vec<&'static WebhookDescriptor>) -> Self {
+        self.webhooks = Some(webhooks);
+        self
+    }
+
+    /// Gives the value of a webhook's secret variable in code; it wins over the environment
+    /// (which [`ignore_env`](Self::ignore_env) leaves unread).
+    pub fn webhook_secret(mut self, variable: impl Into<String>, value: impl Into<String>) -> Self {
+        self.webhook_secrets.insert(variable.into(), value.into());
         self
     }
 
@@ -342,6 +385,11 @@ impl RuntimeBuilder {
             std::process::exit(code);
         }
         let schedules = check_schedules(self.schedules.take().unwrap_or_else(|| SCHEDULES.iter().collect()))?;
+        let use_env = self.use_env;
+        let secrets = std::mem::take(&mut self.webhook_secrets);
+        let webhooks = arm_webhooks(self.webhooks.take().unwrap_or_else(|| WEBHOOKS.iter().collect()), |name| {
+            secrets.get(name).cloned().or_else(|| use_env.then(|| std::env::var(name).ok()).flatten())
+        })?;
         let (queue, kv, reason) = crate::backends::open(&self.config, self.queue.take(), self.kv.take()).await?;
         let providers = Providers { queue: queue.provider(), kv: kv.provider(), reason };
         let paused = Arc::new(crate::worker::PausedTopics::default());
@@ -350,6 +398,7 @@ impl RuntimeBuilder {
             message: format!("cannot read paused topics: {e}"),
         })?;
         tracing::info!(queue = providers.queue, kv = providers.kv, reason = %providers.reason, jobs = registry.len(), "runtime ready");
+        let shutdown = ShutdownManager::new(self.config.shutdown_timeout.saturating_add(Duration::from_secs(15)));
         Ok(Runtime {
             inner: Arc::new(Inner {
                 store: ExecutionStore::new(kv),
@@ -363,6 +412,8 @@ impl RuntimeBuilder {
                 paused,
                 schedules,
                 tasks,
+                webhooks,
+                shutdown,
                 clock: self.clock.take().unwrap_or_else(|| Arc::new(SystemClock)),
             }),
         })
@@ -555,6 +606,11 @@ impl Runtime {
         &self.inner.schedules
     }
 
+    /// The webhooks the API serves, by id.
+    pub fn webhooks(&self) -> &[ArmedWebhook] {
+        &self.inner.webhooks
+    }
+
     /// The polyglot tasks, by id (each is also a job in [`registry`](Self::registry)).
     pub fn tasks(&self) -> &TaskTable {
         &self.inner.tasks
@@ -728,31 +784,80 @@ impl Runtime {
     ) -> WorkerReport {
         let addr = listener.local_addr().unwrap_or(self.inner.config.api_addr);
         tracing::info!("API listening on http://{addr}");
-        let stop = CancellationToken::new();
-        let workers = (workers && self.inner.config.enabled).then(|| {
-            let rt = self.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move { rt.run_workers_for(&WorkerSelection::Serving, stop).await })
+        let manager = self.inner.shutdown.clone();
+        let api_stop = CancellationToken::new();
+        let stopping = self.inner.stopping.clone();
+        manager.register("api", SHUTDOWN_API, {
+            let api_stop = api_stop.clone();
+            // Event streams end and no new request is taken; requests in flight finish.
+            move || async move {
+                stopping.cancel();
+                api_stop.cancel();
+                Ok(())
+            }
         });
-        let api_stop = stop.clone();
+        let report = self.register_workers(workers.then_some(WorkerSelection::Serving));
         let app = crate::api::router(self.clone());
         let server = axum::serve(listener, app).with_graceful_shutdown(async move { api_stop.cancelled().await });
-        let trigger = stop.clone();
-        let stopping = self.inner.stopping.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new claims, waiting for running jobs");
-            stopping.cancel();
-            trigger.cancel();
+        tokio::spawn({
+            let manager = manager.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new claims, waiting for running jobs");
+                manager.shutdown().await;
+            }
         });
         if let Err(e) = server.await {
             tracing::error!(error = %e, "API server failed");
+            manager.shutdown().await;
+        }
+        log_shutdown(&manager.wait_for_shutdown().await);
+        report.await.unwrap_or_default()
+    }
+
+    /// Runs the workers of `selection` (none for `None`) until the runtime's
+    /// [`ShutdownManager`] stops them, as the resource `workers`; their report arrives on the
+    /// returned channel once they drained.
+    fn register_workers(&self, selection: Option<WorkerSelection>) -> tokio::sync::oneshot::Receiver<WorkerReport> {
+        let (report, receiver) = tokio::sync::oneshot::channel();
+        let stop = CancellationToken::new();
+        let workers = selection.filter(|_| self.inner.config.enabled).map(|selection| {
+            let (rt, stop) = (self.clone(), stop.clone());
+            tokio::spawn(async move { rt.run_workers_for(&selection, stop).await })
+        });
+        self.inner.shutdown.register("workers", SHUTDOWN_WORKERS, move || async move {
             stop.cancel();
-        }
-        match workers {
-            Some(handle) => handle.await.unwrap_or_default(),
-            None => WorkerReport::default(),
-        }
+            let outcome = match workers {
+                Some(handle) => handle.await.map_err(|e| format!("the workers' task failed: {e}")),
+                None => Ok(WorkerReport::default()),
+            };
+            let _ = report.send(outcome.clone().unwrap_or_default());
+            outcome.map(|_| ())
+        });
+        receiver
+    }
+
+    /// Runs the workers of `selection` until `shutdown` completes, then shuts the runtime down
+    /// through its [`ShutdownManager`] (the workers, then whatever the app registered).
+    pub async fn run_workers_until(
+        &self,
+        selection: WorkerSelection,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> WorkerReport {
+        let report = self.register_workers(Some(selection));
+        shutdown.await;
+        tracing::info!("shutting down: no new claims, waiting for running jobs");
+        log_shutdown(&self.inner.shutdown.shutdown().await);
+        report.await.unwrap_or_default()
+    }
+
+    /// The process's shutdown sequence. `serve` registers the API (priority
+    /// [`SHUTDOWN_API`]) and the workers ([`SHUTDOWN_WORKERS`]); register the app's own
+    /// resources after them (a database pool at [`SHUTDOWN_APP`]) to close them once the last
+    /// job is done. Its budget is the drain's (`shutdown_timeout`) plus 15 s to record and
+    /// close. A runtime shuts down once: serve it once.
+    pub fn shutdown_manager(&self) -> &ShutdownManager {
+        &self.inner.shutdown
     }
 
     /// Stops claiming the topic's messages, in every process on this store (at once here, at

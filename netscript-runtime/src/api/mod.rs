@@ -17,12 +17,14 @@
 //! | `GET /api/v1/workers/subscribe?job=&execution=` | execution changes as server-sent events |
 //! | `GET /api/v1/workers/schedules` | registered schedules: expression, timezone, next five fire times |
 //! | `GET /api/v1/workers/tasks` | polyglot tasks: runtime, entrypoint, limits, permissions |
+//! | `POST <path>` of each `#[webhook]` | verified call: 202 with the execution ids (no bearer token) |
 //! | `GET /api/v1/openapi.json` | OpenAPI 3.1, each job's trigger body typed by its schema |
 //!
 //! Errors are JSON `{ "error": { "code", "message" } }` with the matching status, for
 //! unknown routes (404) and methods (405) too. Request bodies are limited (1 MiB by default,
 //! `WorkersConfig::api_body_limit`; 413 beyond). When `NETSCRIPT_API_TOKEN` is set, every
-//! route but `/health` requires `Authorization: Bearer <token>` (401 otherwise).
+//! route but `/health` and the webhooks requires `Authorization: Bearer <token>` (401
+//! otherwise); a webhook's verifier is its authentication.
 
 mod auth;
 mod error;
@@ -31,6 +33,7 @@ mod routes;
 mod schedules;
 mod sse;
 mod tasks;
+mod webhooks;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -44,7 +47,7 @@ use crate::runtime::Runtime;
 
 /// The API's routes, over `runtime`.
 pub fn router(runtime: Runtime) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/health", get(routes::health))
         .route("/api/v1/workers/jobs", get(routes::list_jobs))
         .route("/api/v1/workers/jobs/{id}/trigger", post(routes::trigger))
@@ -61,7 +64,8 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/api/v1/workers/subscribe", get(sse::subscribe))
         .route("/api/v1/workers/schedules", get(schedules::list_schedules))
         .route("/api/v1/workers/tasks", get(tasks::list_tasks))
-        .route("/api/v1/openapi.json", get(routes::openapi))
+        .route("/api/v1/openapi.json", get(routes::openapi));
+    api.merge(webhooks::routes(&runtime))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(middleware::from_fn_with_state(runtime.clone(), auth::require_token))

@@ -113,14 +113,7 @@ pub(super) async fn trigger(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body is larger than the limit of {} bytes", rt.config().api_body_limit),
-        ),
-        status => ApiError::new(status, "unreadable_body", e.body_text()),
-    })?;
+    let body = read_body(&rt, body)?;
     if rt.registry().get(&id).is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_job", format!("no job `{id}` is registered")));
     }
@@ -133,6 +126,18 @@ pub(super) async fn trigger(
         "links": { "execution": format!("/api/v1/workers/executions/{}", receipt.execution_id) },
     });
     Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+/// The body, or a JSON error: 413 past the limit, the rejection's status otherwise.
+pub(super) fn read_body(rt: &Runtime, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than the limit of {} bytes", rt.config().api_body_limit),
+        ),
+        status => ApiError::new(status, "unreadable_body", e.body_text()),
+    })
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,7 @@
 use serde::Serialize;
 
-use crate::job::{EnqueueJob, EnqueueOptions};
+use crate::job::{EnqueueJob, EnqueueOptions, JobError};
+use crate::runtime::{EnqueueError, Receipt, Runtime};
 
 /// What a schedule asks for when it fires. The scheduler carries the actions out in order.
 ///
@@ -54,7 +55,38 @@ impl EnqueueAction {
         &self.options
     }
 
-    pub(super) fn into_parts(self) -> (String, Result<serde_json::Value, String>, EnqueueOptions) {
+    pub(crate) fn into_parts(self) -> (String, Result<serde_json::Value, String>, EnqueueOptions) {
         (self.job_id, self.payload, self.options)
     }
+}
+
+/// Carries out actions in order; the first failure stops the rest (a retry redoes them all,
+/// and idempotency keys collapse what was already enqueued). With `key`, enqueues without an
+/// idempotency key of their own get `key` (the first) and `key:<i>` (the others). An error
+/// that another attempt cannot fix (an unknown job, a payload the job refuses) is fatal.
+pub(crate) async fn carry_out(
+    runtime: &Runtime,
+    actions: Vec<Action>,
+    key: Option<&str>,
+) -> Result<Vec<Receipt>, JobError> {
+    let mut receipts = Vec::with_capacity(actions.len());
+    for (i, action) in actions.into_iter().enumerate() {
+        match action {
+            Action::Enqueue(enqueue) => {
+                let (job_id, payload, mut options) = enqueue.into_parts();
+                let payload = payload.map_err(|e| {
+                    JobError::fatal(format!("the payload for job `{job_id}` could not be serialized: {e}"))
+                })?;
+                if options.idempotency_key.is_none() {
+                    options.idempotency_key = key.map(|k| if i == 0 { k.to_owned() } else { format!("{k}:{i}") });
+                }
+                let receipt = runtime.enqueue_json(&job_id, payload, options).await.map_err(|e| match e {
+                    EnqueueError::UnknownJob(_) | EnqueueError::InvalidPayload { .. } => JobError::fatal(e.to_string()),
+                    _ => JobError::retryable(format!("enqueue of job `{job_id}` failed: {e}")),
+                })?;
+                receipts.push(receipt);
+            }
+        }
+    }
+    Ok(receipts)
 }

@@ -62,7 +62,7 @@
 //! # Ok(()) }
 //! ```
 
-mod action;
+pub(crate) mod action;
 mod clock;
 mod descriptor;
 mod error;
@@ -84,7 +84,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cron::{CronSchedule, parse_cron_expression, parse_timezone};
 use crate::job::JobError;
-use crate::runtime::{EnqueueError, Receipt, Runtime};
+use crate::runtime::{Receipt, Runtime};
 
 pub use action::{Action, EnqueueAction};
 pub use clock::{Clock, ManualClock, SleepFuture, SystemClock};
@@ -436,7 +436,7 @@ async fn fire(
                 AssertUnwindSafe(spec.handler.call(tick.clone())).catch_unwind().await.unwrap_or_else(|panic| {
                     Err(JobError::retryable(format!("handler panicked: {}", panic_message(&*panic))))
                 })?;
-            execute(&shared.runtime, actions, key.as_deref()).await
+            action::carry_out(&shared.runtime, actions, key.as_deref()).await
         };
         let result = tokio::select! {
             () = cancel.cancelled() => return Fired::Cancelled,
@@ -475,32 +475,6 @@ async fn fire(
 /// The idempotency key of a tick's first enqueue.
 pub fn tick_key(schedule_id: &str, scheduled_at: DateTime<Utc>) -> String {
     format!("schedule:{schedule_id}:{}", scheduled_at.to_rfc3339_opts(SecondsFormat::Millis, true))
-}
-
-/// Carries out actions in order; the first failure stops the rest (a retry redoes them all,
-/// and the tick's idempotency keys collapse what was already enqueued).
-async fn execute(runtime: &Runtime, actions: Vec<Action>, key: Option<&str>) -> Result<Vec<Receipt>, JobError> {
-    let mut receipts = Vec::with_capacity(actions.len());
-    for (i, action) in actions.into_iter().enumerate() {
-        match action {
-            Action::Enqueue(enqueue) => {
-                let (job_id, payload, mut options) = enqueue.into_parts();
-                let payload = payload.map_err(|e| {
-                    JobError::fatal(format!("the payload for job `{job_id}` could not be serialized: {e}"))
-                })?;
-                if options.idempotency_key.is_none() {
-                    options.idempotency_key = key.map(|k| if i == 0 { k.to_owned() } else { format!("{k}:{i}") });
-                }
-                let receipt = runtime.enqueue_json(&job_id, payload, options).await.map_err(|e| match e {
-                    // Another attempt cannot fix these.
-                    EnqueueError::UnknownJob(_) | EnqueueError::InvalidPayload { .. } => JobError::fatal(e.to_string()),
-                    _ => JobError::retryable(format!("enqueue of job `{job_id}` failed: {e}")),
-                })?;
-                receipts.push(receipt);
-            }
-        }
-    }
-    Ok(receipts)
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

@@ -468,9 +468,10 @@ async fn run_one(shared: &Shared, d: Delivery) {
     let (end, settlement) = match outcome {
         AttemptOutcome::Succeeded(value) => (End::Succeeded(value), Some(Settlement::Ack(d.lease))),
         _ if cancelled => (End::Cancelled, Some(Settlement::Ack(d.lease))),
-        AttemptOutcome::Abandoned if shared.abandon.is_cancelled() => {
-            (End::Released, Some(Settlement::Release(d.lease)))
-        }
+        // Past the shutdown's grace period every unfinished attempt goes back to the queue,
+        // however it ended: a job that obeys its cancellation signal returns an error first,
+        // and that error is the shutdown's doing, not the job's.
+        _ if shared.abandon.is_cancelled() => (End::Released, Some(Settlement::Release(d.lease))),
         AttemptOutcome::Abandoned => (End::Lost, None),
         failed => {
             let (error, fatal) = failed.error().unwrap_or_default();
