@@ -29,7 +29,7 @@
 //!
 //! See the README for the tour, and `ARCHITECTURE.md` for how the pieces fit.
 
-pub use netscript_macros::{job, scheduled};
+pub use netscript_macros::{job, scheduled, webhook};
 /// The PostgreSQL connection, schema and options (feature `postgres`).
 #[cfg(feature = "postgres")]
 pub use netscript_runtime::postgres;
@@ -43,7 +43,7 @@ pub use netscript_runtime::{
     Backoff, CancellationToken, EnqueueJob, EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, JobContext,
     JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, Runtime, RuntimeBuilder,
     StartupError, State, WorkerPool, WorkerSelection, WorkersConfig, api, backends, cli, config, cron, job as jobs, kv,
-    process, queue, scheduler, shutdown, store, tasks, time, worker,
+    process, queue, scheduler, shutdown, store, tasks, time, webhook, worker,
 };
 
 /// Runs the app: parses the command line (`serve`, `jobs`, `trigger`, `executions`, ...) and
@@ -57,8 +57,9 @@ pub async fn run() -> std::process::ExitCode {
 
 /// What a job file needs: `use netscript::prelude::*;`.
 pub mod prelude {
-    pub use crate::{job, scheduled};
+    pub use crate::{job, scheduled, webhook};
     pub use netscript_runtime::scheduler::{Action, ScheduledTick};
+    pub use netscript_runtime::webhook::WebhookEvent;
     pub use netscript_runtime::{Backoff, EnqueueJob, JobContext, JobError, JobErrorKind, JobResult, Runtime, State};
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};

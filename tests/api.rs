@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod support;
+
 use std::time::Duration;
 
 use axum::body::Body;
@@ -168,19 +170,7 @@ async fn unknown_routes_and_methods_get_json_errors() {
 
 /// Sends one HTTP/1.1 request over a fresh connection and returns status and JSON body.
 async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let status: u16 = text[9..12].parse().unwrap();
-    let (_, body) = text.split_once("\r\n\r\n").unwrap();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    support::http::request(addr, method, path, &[], body.as_bytes()).await
 }
 
 /// Serves `rt` (API and workers) on a free loopback port until the sender fires.
@@ -362,43 +352,7 @@ async fn the_openapi_document_types_each_trigger_by_its_payload() {
     );
     assert!(doc.get("security").is_none(), "no token, no security requirement");
 
-    // Every $ref points at a schema that exists.
-    fn refs(v: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::Object(m) => {
-                if let Some(Value::String(r)) = m.get("$ref") {
-                    out.push(r.clone());
-                }
-                m.values().for_each(|v| refs(v, out));
-            }
-            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
-            _ => {}
-        }
-    }
-    let mut all = Vec::new();
-    refs(&doc, &mut all);
-    assert!(!all.is_empty());
-    for r in all {
-        let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("unexpected ref {r}"));
-        assert!(doc["components"]["schemas"].get(name).is_some(), "dangling {r}");
-    }
-
-    // A standard validator accepts it (scripts/test.sh installs openapi-spec-validator).
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), serde_json::to_vec(&doc).unwrap()).unwrap();
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import json,sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1])))",
-        ])
-        .arg(file.path())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "openapi-spec-validator refused the document (pip install openapi-spec-validator): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::http::check_openapi(&doc);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ mod duration;
 mod errors;
 mod job;
 mod scheduled;
+mod webhook;
 
 use proc_macro::TokenStream;
 
@@ -122,4 +123,45 @@ pub fn job(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn scheduled(args: TokenStream, item: TokenStream) -> TokenStream {
     scheduled::expand(args.into(), item.into()).into()
+}
+
+/// Turns a verified HTTP call into actions: the API serves `POST <path>`, checks the
+/// signature, decodes the JSON body as the event's type, runs the function, and carries out
+/// the actions it returns (202 with the execution ids).
+///
+/// ```ignore
+/// use netscript::prelude::*;
+///
+/// /// Payment provider events: each paid order is charged once.
+/// #[webhook(id = "payment-webhook", path = "/webhooks/payment",
+///           verifier = "hmac-sha256", secret_env = "WEBHOOK_SECRET")]
+/// async fn payment_webhook(event: WebhookEvent<PaymentEvent>) -> Vec<Action> {
+///     let order = event.body.order_id.clone();
+///     vec![process_payment::enqueue(event.body.into()).idempotency_key(order).into()]
+/// }
+/// ```
+///
+/// # Arguments
+///
+/// | argument | value | default |
+/// |---|---|---|
+/// | `id` | kebab-case string, unique in the binary | required |
+/// | `path` | the route: `/` and segments of letters, digits, `-_.~`; not `/health` or `/api/...` | required |
+/// | `verifier` | `"hmac-sha256"`, or `"none"` (no check; a warning at startup) | required |
+/// | `secret_env` | the variable holding the shared secret (`hmac-sha256`); unset at startup is an error | required for `hmac-sha256` |
+/// | `header` | the signature's header: hex or base64, `sha256=` prefix optional | `"X-Signature"` |
+/// | `timestamp_header` | a header with the Unix seconds the sender signed at; the signed content is then `<timestamp>.<body>` | none |
+/// | `tolerance` | how far that timestamp may be from now before the call is refused as a replay | `"5m"` |
+/// | `description` | string | the function's `///` doc comment |
+/// | `tags` | array of non-empty strings | `[]` |
+///
+/// # Signature
+///
+/// `async fn name(event: WebhookEvent<Body>) -> Vec<Action>` (or `JobResult<Vec<Action>>`),
+/// where `Body: DeserializeOwned + JsonSchema`. A body that does not decode is a 400 naming
+/// where; a bad signature a 401; a fatal error from the function or a job that refuses its
+/// payload a 422; a retryable one a 503 (the sender should redeliver).
+#[proc_macro_attribute]
+pub fn webhook(args: TokenStream, item: TokenStream) -> TokenStream {
+    webhook::expand(args.into(), item.into()).into()
 }

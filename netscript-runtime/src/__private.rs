@@ -9,6 +9,10 @@ pub use crate::job::{
     StateMap, StateSpec,
 };
 pub use crate::scheduler::{Action, MissedTicks, SCHEDULES, ScheduleDescriptor, ScheduleFuture, ScheduledTick};
+pub use crate::webhook::{
+    HmacSpec, Verifier, WEBHOOKS, WebhookDescriptor, WebhookError, WebhookFuture, WebhookRequest,
+    decode as decode_webhook,
+};
 pub use linkme;
 pub use schemars;
 pub use serde;
@@ -75,9 +79,10 @@ pub fn assert_payload_schema<P: schemars::JsonSchema>() {}
 /// Compile-time check of a job's return type.
 pub fn assert_job_return<R: JobReturn>() {}
 
-/// The return type of a `#[scheduled]` function: `Vec<Action>` or `JobResult<Vec<Action>>`.
+/// The return type of a trigger (a `#[scheduled]` or `#[webhook]` function): `Vec<Action>`
+/// or `JobResult<Vec<Action>>`.
 #[diagnostic::on_unimplemented(
-    message = "a scheduled function must return `Vec<Action>` or `JobResult<Vec<Action>>`; found `{Self}`",
+    message = "a `#[scheduled]` or `#[webhook]` function must return `Vec<Action>` or `JobResult<Vec<Action>>`; found `{Self}`",
     label = "not `Vec<Action>` or `JobResult<Vec<Action>>`",
     note = "return the actions to carry out, e.g. `vec![my_job::enqueue(payload).into()]`, or `vec![]` for none"
 )]
@@ -98,5 +103,5 @@ impl ScheduleReturn for Result<Vec<Action>, JobError> {
     }
 }
 
-/// Compile-time check of a scheduled function's return type.
+/// Compile-time check of a trigger's return type.
 pub fn assert_schedule_return<R: ScheduleReturn>() {}

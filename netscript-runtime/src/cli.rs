@@ -197,7 +197,11 @@ pub async fn run_cli(mut builder: RuntimeBuilder, cli: Cli) -> ExitCode {
             builder = override_scheduler(builder, *no_scheduler);
         }
         Command::Api { addr } => builder = override_addr(builder, *addr),
+        // Only a process that serves the API answers webhooks and needs their secrets.
         _ => {}
+    }
+    if !matches!(cli.command, Command::Serve { .. } | Command::Api { .. }) {
+        builder = builder.webhooks(Vec::new());
     }
     let runtime = match builder.build().await {
         Ok(rt) => rt,

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each user takes what it needs
 
+pub mod http;
+
 use netscript::config::BrokerUrl;
 use netscript::{QueueProvider, WorkersConfig};
 

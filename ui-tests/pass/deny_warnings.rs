@@ -77,6 +77,22 @@ pub mod billing {
         vec![invoice_seven().into()]
     }
 
+    /// Invoices paid at the provider: sends invoice 7 (once per delivery).
+    #[webhook(
+        id = "invoice-paid",
+        path = "/webhooks/invoice-paid",
+        verifier = "hmac-sha256",
+        secret_env = "INVOICE_WEBHOOK_SECRET",
+        header = "X-Hub-Signature-256",
+        timestamp_header = "X-Timestamp",
+        tolerance = "2m",
+        tags = ["billing"]
+    )]
+    pub async fn invoice_paid(event: WebhookEvent<Invoice>) -> JobResult<Vec<Action>> {
+        let key = format!("invoice:{}", event.body.number);
+        Ok(vec![send_invoice::enqueue(event.body).idempotency_key(key).into()])
+    }
+
     /// Never fails, but could.
     #[scheduled(
         id = "fallible",

@@ -65,6 +65,34 @@ pub fn document(rt: &Runtime) -> Value {
         } }),
         );
     }
+    for webhook in rt.webhooks() {
+        let w = webhook.descriptor;
+        let body = inline_schema((w.body_schema)(), w.id, &mut schemas);
+        let accepted = json!({ "description": "Verified; the actions ran", "content": { "application/json": { "schema": {
+            "type": "object", "required": ["webhook", "executionIds", "duplicates"], "properties": {
+                "webhook": { "type": "string" },
+                "executionIds": { "type": "array", "items": { "type": "string", "format": "uuid" } },
+                "duplicates": { "type": "integer", "minimum": 0 } } } } } });
+        paths.insert(
+            w.path.into(),
+            json!({ "post": {
+            "operationId": format!("webhook_{}", w.id.replace('-', "_")),
+            "summary": format!("Webhook `{}`", w.id),
+            "description": w.description,
+            "tags": ["webhooks"],
+            "security": [],
+            "requestBody": { "required": true, "content": { "application/json": { "schema": body } } },
+            "responses": {
+                "202": accepted,
+                "400": error_response("The body is not JSON of the webhook's type"),
+                "401": error_response("Missing, wrong or expired signature"),
+                "413": error_response("Body too large"),
+                "422": error_response("The webhook or a job refused the call"),
+                "503": error_response("A retryable failure: deliver again later")
+            }
+        } }),
+        );
+    }
     paths.insert("/api/v1/workers/executions".into(), json!({ "get": {
         "operationId": "listExecutions", "summary": "Executions, newest first",
         "parameters": [
@@ -263,8 +291,14 @@ pub fn document(rt: &Runtime) -> Value {
 
 /// The job's payload schema, its definitions moved into `schemas` under `<job id>.<name>`.
 fn payload_schema(job: &JobDescriptor, schemas: &mut Map<String, Value>) -> Value {
-    let mut schema = without_schema_keyword(job.payload_schema().to_value());
-    let prefix = format!("{}.", job.id);
+    inline_schema(job.payload_schema(), job.id, schemas)
+}
+
+/// A schema for a request body: its definitions moved under `components/schemas`, prefixed
+/// with `owner` (a job's or a webhook's id).
+fn inline_schema(schema: schemars::Schema, owner: &str, schemas: &mut Map<String, Value>) -> Value {
+    let mut schema = without_schema_keyword(schema.to_value());
+    let prefix = format!("{owner}.");
     if let Some(Value::Object(defs)) = schema.as_object_mut().and_then(|o| o.remove("$defs")) {
         for (name, mut def) in defs {
             rewrite_refs(&mut def, &prefix);

@@ -1,0 +1,147 @@
+//! `#[webhook]`: parse and check the arguments ([`args`]: id, path, verifier and its
+//! settings), check the signature, then generate the registration ([`expand`]).
+
+mod args;
+mod expand;
+
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::spanned::Spanned;
+
+use crate::errors::Errors;
+
+/// Expands `#[webhook(args)] item`. On any error the function is emitted unchanged beside the
+/// errors, so one mistake is reported once.
+pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let func: syn::ItemFn = match syn::parse2(item.clone()) {
+        Ok(func) => func,
+        Err(_) => {
+            let error = syn::Error::new(proc_macro2::Span::call_site(), "`#[webhook]` goes on an `async fn`");
+            let error = error.to_compile_error();
+            return quote!(#error #item);
+        }
+    };
+    let mut errors = Errors::default();
+    let args = args::WebhookArgs::parse(args, &mut errors);
+    let config = args.validate(&func, &mut errors);
+    let sig = check_signature(&func.sig, &mut errors);
+    match (errors.finish(), config, sig) {
+        (Ok(()), Some(config), Some(sig)) => expand::webhook(&func, &config, &sig),
+        (result, _, _) => {
+            let error = result.err().map(|e| e.to_compile_error());
+            quote!(#func #error)
+        }
+    }
+}
+
+/// What the signature says: the body type and the return type.
+pub(crate) struct WebhookSignature {
+    /// `T` of the `WebhookEvent<T>` parameter.
+    pub(crate) body: syn::Type,
+    /// The return type.
+    pub(crate) output: syn::Type,
+}
+
+const SHAPE: &str =
+    "expected `async fn name(event: WebhookEvent<Body>) -> Vec<Action>` (or `-> JobResult<Vec<Action>>`)";
+
+/// A webhook function is a plain `async fn` taking one `WebhookEvent<T>` and returning the
+/// actions.
+fn check_signature(sig: &syn::Signature, errors: &mut Errors) -> Option<WebhookSignature> {
+    let mut ok = true;
+    let mut fail = |error: syn::Error| {
+        errors.push(error);
+        ok = false;
+    };
+    if sig.asyncness.is_none() {
+        fail(syn::Error::new_spanned(sig.fn_token, format!("a webhook function must be `async`: {SHAPE}")));
+    }
+    if let Some(token) = sig.constness.as_ref().map(|c| c.span()).or(sig.unsafety.as_ref().map(|u| u.span())) {
+        fail(syn::Error::new(token, "a webhook function cannot be `const` or `unsafe`"));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        fail(syn::Error::new_spanned(&sig.generics, "a webhook function cannot be generic"));
+    }
+    let mut body = None;
+    for (i, input) in sig.inputs.iter().enumerate() {
+        match input {
+            syn::FnArg::Receiver(receiver) => {
+                fail(syn::Error::new_spanned(receiver, "a webhook function cannot take `self`"));
+            }
+            syn::FnArg::Typed(_) if i > 0 => {
+                fail(syn::Error::new_spanned(input, format!("a webhook function takes only its event: {SHAPE}")));
+            }
+            syn::FnArg::Typed(pat) => match event_body(&pat.ty) {
+                Some(ty) => body = Some(ty),
+                None => fail(syn::Error::new_spanned(
+                    &pat.ty,
+                    format!(
+                        "a webhook function takes a `WebhookEvent<Body>`, where `Body` is the request's JSON: {SHAPE}"
+                    ),
+                )),
+            },
+        }
+    }
+    if sig.inputs.is_empty() {
+        fail(syn::Error::new_spanned(&sig.ident, format!("a webhook function takes its event: {SHAPE}")));
+    }
+    let output = match &sig.output {
+        syn::ReturnType::Type(_, ty) => Some((**ty).clone()),
+        syn::ReturnType::Default => {
+            fail(syn::Error::new_spanned(&sig.ident, format!("a webhook function returns its actions: {SHAPE}")));
+            None
+        }
+    };
+    match (ok, body, output) {
+        (true, Some(body), Some(output)) => Some(WebhookSignature { body, output }),
+        _ => None,
+    }
+}
+
+/// `T` of a `WebhookEvent<T>` (by the last path segment's name).
+fn event_body(ty: &syn::Type) -> Option<syn::Type> {
+    let syn::Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "WebhookEvent" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    match args.args.iter().collect::<Vec<_>>().as_slice() {
+        [syn::GenericArgument::Type(body)] => Some(body.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(args: &str, item: &str) -> String {
+        let args: TokenStream = args.parse().expect("valid tokens");
+        let item: TokenStream = item.parse().expect("valid tokens");
+        expand(args, item).to_string().replace(' ', "")
+    }
+
+    const HOOK: &str = "async fn pay(event: WebhookEvent<Payment>) -> Vec<Action> { vec![] }";
+
+    #[test]
+    fn a_valid_webhook_is_registered() {
+        let out = expand_str(
+            r#"id = "payment-webhook", path = "/webhooks/payment", verifier = "hmac-sha256", secret_env = "WEBHOOK_SECRET", header = "Stripe-Signature""#,
+            HOOK,
+        );
+        assert!(out.contains("distributed_slice(::netscript::__private::WEBHOOKS)"), "{out}");
+        assert!(out.contains(r#"secret_env:"WEBHOOK_SECRET""#), "{out}");
+        assert!(out.contains(r#"header:"stripe-signature""#), "{out}");
+        assert!(out.contains("macro_rules!netscript_webhook_id_payment_webhook"), "{out}");
+        assert!(!out.contains("compile_error"), "{out}");
+    }
+
+    #[test]
+    fn all_errors_are_reported_together_and_the_function_is_kept() {
+        let out = expand_str(r#"path = "webhooks", verifier = "rsa", retries = 3"#, "fn pay(x: u32) {}");
+        // missing id, bad path, unknown verifier, unknown argument, not async, not an event, no return
+        assert_eq!(out.matches("compile_error").count(), 7, "{out}");
+        assert!(out.contains("fnpay(x:u32){}"), "{out}");
+    }
+}
