@@ -218,6 +218,22 @@ async fn trigger_run_and_read_over_a_real_socket() {
 }
 
 #[tokio::test]
+async fn seed_writes_the_catalogue_that_source_store_lists() {
+    let rt = runtime().await;
+    let (status, body) = call(&rt, Method::GET, "/api/v1/workers/jobs?source=store", "").await;
+    assert_eq!((status, body.clone()), (StatusCode::OK, json!([])), "nothing seeded yet");
+    let (status, seeded) = call(&rt, Method::POST, "/api/v1/workers/seed", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let jobs = rt.registry().len();
+    assert_eq!(seeded, json!({ "jobs": jobs, "tasks": 0 }));
+    let (_, listed) = call(&rt, Method::GET, "/api/v1/workers/jobs?source=store", "").await;
+    let (_, local) = call(&rt, Method::GET, "/api/v1/workers/jobs", "").await;
+    assert_eq!(listed, local, "the catalogue holds this binary's jobs, schemas included");
+    let (status, body) = call(&rt, Method::GET, "/api/v1/workers/jobs?source=elsewhere", "").await;
+    assert_eq!((status, error_code(&body)), (StatusCode::BAD_REQUEST, "invalid_query"));
+}
+
+#[tokio::test]
 async fn serve_shuts_down_the_api_then_the_workers_then_the_apps_resources() {
     let rt = runtime().await;
     // Finished in order, priority after priority: the pool closes once the workers drained.

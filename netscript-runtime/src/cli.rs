@@ -82,6 +82,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write this binary's jobs and tasks to the store's catalogue (`GET /api/v1/workers/jobs?source=store`).
+    Seed,
     /// List the polyglot tasks (from code and `workers/runtime/tasks/`).
     Tasks {
         /// Print JSON.
@@ -279,6 +281,11 @@ async fn execute(rt: &Runtime, command: Command) -> Result<ExitCode, String> {
         }
         Command::Schedules { json } => print_schedules(rt, json),
         Command::Tasks { json } => print_tasks(rt, json),
+        Command::Seed => {
+            let seeded = crate::catalogue::seed(rt).await.map_err(|e| e.to_string())?;
+            println!("seeded {} job(s) and {} task(s) into the store's catalogue", seeded.jobs, seeded.tasks);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Trigger { id, payload, idempotency_key, priority, delay, wait, timeout } => {
             let payload = match payload.as_deref() {
                 None => serde_json::Value::Null,

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod backends;
+pub mod catalogue;
 pub mod cli;
 pub mod config;
 /// Cron expressions, timezones and next fire times: the `netscript-cron` crate, which the

@@ -3,7 +3,7 @@
 //! | route | purpose |
 //! |---|---|
 //! | `GET /health` | liveness, with the active providers |
-//! | `GET /api/v1/workers/jobs` | registered jobs with their payload JSON Schema |
+//! | `GET /api/v1/workers/jobs?source=` | registered jobs with their payload JSON Schema (`store`: every binary's seeded catalogue) |
 //! | `POST /api/v1/workers/jobs/{id}/trigger` | enqueue; 202 with the execution id |
 //! | `GET /api/v1/workers/executions?limit=&status=&job=&before=` | executions, newest first |
 //! | `GET /api/v1/workers/executions/{id}` | one execution |
@@ -16,6 +16,7 @@
 //! | `POST /api/v1/workers/topics/{topic}/pause`, `.../resume` | stop or restart claiming a topic |
 //! | `GET /api/v1/workers/subscribe?job=&execution=` | execution changes as server-sent events |
 //! | `GET /api/v1/workers/schedules` | registered schedules: expression, timezone, next five fire times |
+//! | `POST /api/v1/workers/seed` | write this binary's jobs and tasks to the store's catalogue |
 //! | `GET /api/v1/workers/tasks` | polyglot tasks: runtime, entrypoint, limits, permissions |
 //! | `POST <path>` of each `#[webhook]` | verified call: 202 with the execution ids (no bearer token) |
 //! | `GET /api/v1/openapi.json` | OpenAPI 3.1, each job's trigger body typed by its schema |
@@ -64,6 +65,7 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/api/v1/workers/subscribe", get(sse::subscribe))
         .route("/api/v1/workers/schedules", get(schedules::list_schedules))
         .route("/api/v1/workers/tasks", get(tasks::list_tasks))
+        .route("/api/v1/workers/seed", post(routes::seed))
         .route("/api/v1/openapi.json", get(routes::openapi));
     api.merge(webhooks::routes(&runtime))
         .fallback(routes::not_found)

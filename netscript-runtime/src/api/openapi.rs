@@ -37,9 +37,22 @@ pub fn document(rt: &Runtime) -> Value {
     } }));
     paths.insert("/api/v1/workers/jobs".into(), json!({ "get": {
         "operationId": "listJobs", "summary": "Registered jobs with their payload schemas",
+        "parameters": [ { "name": "source", "in": "query", "description": "`binary` (this process's jobs, the default) or `store` (the catalogue every binary seeded)",
+                          "schema": { "enum": ["binary", "store"] } } ],
         "responses": { "200": { "description": "The jobs", "content": { "application/json": {
-            "schema": { "type": "array", "items": job_info_schema() } } } }, "401": error_response("Missing or wrong token") }
+            "schema": { "type": "array", "items": job_info_schema() } } } },
+            "400": error_response("Unknown source"), "401": error_response("Missing or wrong token") }
     } }));
+    paths.insert(
+        "/api/v1/workers/seed".into(),
+        json!({ "post": {
+        "operationId": "seed", "summary": "Write this binary's jobs and tasks to the store's catalogue",
+        "responses": { "200": { "description": "What was written", "content": { "application/json": { "schema": {
+            "type": "object", "required": ["jobs", "tasks"], "properties": {
+                "jobs": { "type": "integer", "minimum": 0 }, "tasks": { "type": "integer", "minimum": 0 } } } } } },
+            "401": error_response("Missing or wrong token"), "503": error_response("The store is unavailable") }
+    } }),
+    );
     paths.insert("/api/v1/workers/jobs/{id}/trigger".into(), json!({ "post": {
         "operationId": "triggerJob", "summary": "Enqueue a job by id (any payload; see the per-job paths for typed bodies)",
         "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } } ],

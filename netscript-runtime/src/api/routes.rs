@@ -1,6 +1,6 @@
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::IntoResponse;
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::ApiError;
 use crate::job::{EnqueueOptions, JobDescriptor};
 use crate::runtime::{CancelOutcome, Runtime};
-use crate::store::{ExecutionFilter, ExecutionId, ExecutionRecord, ExecutionStatus};
+use crate::store::{ExecutionFilter, ExecutionId, ExecutionRecord, ExecutionStatus, StoreError};
 
 pub(super) async fn health(State(rt): State<Runtime>) -> impl IntoResponse {
     Json(serde_json::json!({
@@ -67,8 +67,37 @@ impl JobInfo {
     }
 }
 
-pub(super) async fn list_jobs(State(rt): State<Runtime>) -> Json<Vec<JobInfo>> {
-    Json(rt.registry().iter().map(JobInfo::of).collect())
+/// `?source=store`: the catalogue every binary seeded in the store, not this binary's jobs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JobsQuery {
+    source: Option<String>,
+}
+
+pub(super) async fn list_jobs(
+    State(rt): State<Runtime>,
+    query: Result<Query<JobsQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let query = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    match query.0.source.as_deref() {
+        None | Some("binary") => Ok(Json(
+            serde_json::to_value(rt.registry().iter().map(JobInfo::of).collect::<Vec<_>>()).unwrap_or_default(),
+        )),
+        Some("store") => {
+            let jobs = crate::catalogue::jobs(&rt).await.map_err(StoreError::from)?;
+            Ok(Json(serde_json::Value::Array(jobs)))
+        }
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("unknown source `{other}`: use `binary` (this process's jobs) or `store` (the seeded catalogue)"),
+        )),
+    }
+}
+
+/// Writes this binary's jobs and tasks to the store's catalogue.
+pub(super) async fn seed(State(rt): State<Runtime>) -> Result<Json<crate::catalogue::Seeded>, ApiError> {
+    Ok(Json(crate::catalogue::seed(&rt).await.map_err(StoreError::from)?))
 }
 
 /// The trigger body's envelope form: `{ "payload": ..., "idempotencyKey": ..., ... }`.
