@@ -114,14 +114,24 @@ pub struct Scaling {
     pub concurrency: usize,
 }
 
-/// How long execution history is kept. Recorded in the configuration; the pruner that
-/// applies it is not in this build yet (records are kept until deleted).
+/// How long execution history is kept. Worker processes prune the records of executions that
+/// ended more than `kv_days` ago, in bounded batches (see
+/// [`ExecutionStore::prune`](crate::store::ExecutionStore::prune)); waiting and running ones
+/// are never pruned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention {
-    /// Days in the key-value store.
+    /// Days an ended execution's record stays in the key-value store (0: forever).
     pub kv_days: u32,
-    /// Days in a database that keeps history.
+    /// Days in a database that keeps history. No backend keeps a history apart from the
+    /// key-value store yet, so only `kv_days` applies today.
     pub db_days: u32,
+}
+
+impl Retention {
+    /// How long an ended record is kept in the key-value store; `None` for forever.
+    pub fn kv(&self) -> Option<Duration> {
+        (self.kv_days > 0).then(|| Duration::from_secs(u64::from(self.kv_days) * 86_400))
+    }
 }
 
 impl Default for Retention {
@@ -203,6 +213,9 @@ pub struct WorkersConfig {
     pub queue_name: String,
     /// Per-topic worker groups.
     pub groups: BTreeMap<String, GroupConfig>,
+    /// Retention of execution history for topics in no group (`NETSCRIPT_RETENTION_DAYS` sets
+    /// `kv_days`; default 7).
+    pub retention: Retention,
     /// Where attempts run.
     pub runner: RunnerMode,
     /// Directory of the embedded store (default `.netscript`; `NETSCRIPT_DATA_DIR`).
@@ -381,6 +394,7 @@ impl Default for WorkersConfig {
             queue_provider: QueueProvider::Auto,
             queue_name: "jobs".into(),
             groups: BTreeMap::new(),
+            retention: Retention::default(),
             runner: RunnerMode::InProcess,
             data_dir: PathBuf::from(".netscript"),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 8091)),
@@ -458,6 +472,14 @@ impl WorkersConfig {
         }
         if let Some(v) = var("NETSCRIPT_RUNNER") {
             self.runner = v.parse()?;
+        }
+        if let Some(v) = var("NETSCRIPT_RETENTION_DAYS") {
+            self.retention.kv_days = v.trim().parse().map_err(|_| ConfigError::Invalid {
+                field: "retention",
+                message: format!(
+                    "NETSCRIPT_RETENTION_DAYS=`{v}` is not a whole number of days (0 keeps history forever)"
+                ),
+            })?;
         }
         if let Some(v) = var("NETSCRIPT_SCHEDULER") {
             self.scheduler = parse_switch(&v).ok_or_else(|| ConfigError::Invalid {
@@ -549,6 +571,16 @@ mod tests {
 
     fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn retention_days_come_from_the_environment() {
+        let mut c = WorkersConfig::default();
+        assert_eq!(c.retention.kv(), Some(Duration::from_secs(7 * 86_400)));
+        c.apply_vars(vars(&[("NETSCRIPT_RETENTION_DAYS", "0")])).unwrap();
+        assert_eq!(c.retention.kv(), None);
+        let e = c.apply_vars(vars(&[("NETSCRIPT_RETENTION_DAYS", "a week")])).unwrap_err();
+        assert!(e.to_string().contains("NETSCRIPT_RETENTION_DAYS=`a week`"), "{e}");
     }
 
     #[test]

@@ -71,6 +71,40 @@ pub const SHUTDOWN_WORKERS: i32 = 10;
 /// A shutdown priority for the app's own resources, after the workers drained.
 pub const SHUTDOWN_APP: i32 = 100;
 
+/// How often a worker process prunes ended executions past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Records read per prune batch.
+const PRUNE_BATCH: usize = 1000;
+
+/// Prunes ended executions past their retention (each job's topic's group, or the process's)
+/// shortly after the workers start, then every [`PRUNE_EVERY`], until `stop` fires. Several
+/// processes may prune at once: deletes of the same records are harmless.
+async fn prune_history(rt: Runtime, stop: CancellationToken) {
+    let c = &rt.inner.config;
+    let topics: HashMap<&str, &str> = rt.inner.registry.iter().map(|j| (j.id, j.topic)).collect();
+    let retention = |job: &str| {
+        let group = topics.get(job).and_then(|topic| c.groups.get(*topic));
+        group.map_or(c.retention, |g| g.retention).kv()
+    };
+    let shortest = c.groups.values().map(|g| g.retention).chain([c.retention]).filter_map(|r| r.kv()).min();
+    let Some(shortest) = shortest else { return };
+    let mut wait = Duration::from_secs(5);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = PRUNE_EVERY;
+        match rt.inner.store.prune(retention, shortest, Timestamp::now(), PRUNE_BATCH).await {
+            Ok(p) if p.deleted > 0 => {
+                tracing::info!(deleted = p.deleted, scanned = p.scanned, "pruned execution history")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning execution history failed; trying again later"),
+        }
+    }
+}
+
 /// Logs how a shutdown went.
 fn log_shutdown(report: &ShutdownReport) {
     if report.is_clean() {
@@ -659,7 +693,9 @@ impl Runtime {
                 }
             },
         };
+        let pruner = tokio::spawn(prune_history(self.clone(), stop.clone()));
         let report = self.run_pools(selection, stop).await;
+        pruner.abort();
         if let Some(scheduler) = scheduler {
             scheduler.stop().await;
         }

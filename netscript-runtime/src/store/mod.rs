@@ -189,6 +189,76 @@ impl ExecutionStore {
     }
 }
 
+/// What a prune pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Records read.
+    pub scanned: usize,
+    /// Records deleted.
+    pub deleted: usize,
+}
+
+impl ExecutionStore {
+    /// Deletes the records of executions that ended (succeeded, failed, dead, cancelled) more
+    /// than their retention ago; `retention(job_id)` says how long, `None` keeps them. Reads
+    /// oldest first, `batch` records at a time, and stops at the first record created after
+    /// `now - shortest` (no later one can be due, since ids follow creation time). Waiting and
+    /// running executions are never deleted, however old. Between batches it yields, so a long
+    /// pass never holds up the workers sharing its runtime.
+    pub async fn prune(
+        &self,
+        retention: impl Fn(&str) -> Option<std::time::Duration>,
+        shortest: std::time::Duration,
+        now: crate::time::Timestamp,
+        batch: usize,
+    ) -> Result<Pruned, StoreError> {
+        let horizon = now.as_millis().saturating_sub(u64::try_from(shortest.as_millis()).unwrap_or(u64::MAX));
+        let mut options = ListOptions::prefix(Key::from((PREFIX,))).limit(batch.max(1));
+        let mut pruned = Pruned::default();
+        loop {
+            let page = self.kv.list(options.clone()).await?;
+            let Some(last) = page.last() else { break };
+            options.cursor = Some(last.key.clone());
+            let full = page.len() == options.limit;
+            let mut due = Vec::new();
+            let mut past_horizon = false;
+            for entry in page {
+                let record = decode(&entry.key, &entry.value)?;
+                if created_at(record.id) > horizon {
+                    past_horizon = true;
+                    break;
+                }
+                pruned.scanned += 1;
+                let ended = record.finished_at.filter(|_| record.status.is_final());
+                let keep_for = retention(&record.job_id);
+                if let (Some(ended), Some(keep_for)) = (ended, keep_for)
+                    && now.since(ended) > keep_for
+                {
+                    due.push(record.id);
+                }
+            }
+            if !due.is_empty() {
+                self.delete_many(&due).await?;
+                pruned.deleted += due.len();
+            }
+            if past_horizon || !full {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok(pruned)
+    }
+}
+
+/// When an execution was created: the millisecond timestamp of its UUIDv7 id (0 for an id of
+/// another version, which sorts first and is then judged by its record).
+fn created_at(id: ExecutionId) -> u64 {
+    id.0.get_timestamp().map_or(0, |t| {
+        let (seconds, nanos) = t.to_unix();
+        seconds.saturating_mul(1000).saturating_add(u64::from(nanos / 1_000_000))
+    })
+}
+
 fn encode(r: &ExecutionRecord) -> Vec<u8> {
     // A small record is about 400 bytes: start there rather than growing from empty, which
     // profiled as a tenth of the recorder's time.
@@ -200,4 +270,86 @@ fn encode(r: &ExecutionRecord) -> Vec<u8> {
 
 fn decode(key: &Key, bytes: &[u8]) -> Result<ExecutionRecord, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_string(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::kv::memory::MemoryKv;
+    use crate::time::Timestamp;
+
+    const DAY: u64 = 86_400_000;
+
+    /// A record of `job` created `age_days` ago, ended `ended_days` ago (if it ended).
+    fn record(
+        job: &str,
+        now: Timestamp,
+        age_days: u64,
+        status: ExecutionStatus,
+        ended_days: Option<u64>,
+    ) -> ExecutionRecord {
+        let created = now.as_millis() - age_days * DAY;
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            created / 1000,
+            u32::try_from(created % 1000).unwrap() * 1_000_000,
+        );
+        let id = crate::queue::MessageId(uuid::Uuid::new_v7(ts));
+        ExecutionRecord {
+            id,
+            job_id: job.into(),
+            status,
+            attempt: 1,
+            max_attempts: 1,
+            payload: serde_json::Value::Null,
+            result: None,
+            error: None,
+            progress: None,
+            correlation_id: id.to_string(),
+            enqueued_at: Timestamp(created),
+            started_at: None,
+            finished_at: ended_days.map(|d| Timestamp(now.as_millis() - d * DAY)),
+            retry_at: None,
+            attempts: Vec::new(),
+            updated_at: Timestamp(created),
+        }
+    }
+
+    #[tokio::test]
+    async fn prune_deletes_ended_records_past_their_retention_and_nothing_else() {
+        let store = ExecutionStore::new(Arc::new(MemoryKv::new()));
+        let now = Timestamp::now();
+        let old_done = record("report", now, 30, ExecutionStatus::Succeeded, Some(29));
+        let old_dead = record("report", now, 20, ExecutionStatus::Dead, Some(19));
+        let old_waiting = record("report", now, 40, ExecutionStatus::Queued, None);
+        let recent_done = record("report", now, 3, ExecutionStatus::Succeeded, Some(2));
+        // Created long ago, ended yesterday: kept, since it ended within the week.
+        let slow_done = record("report", now, 25, ExecutionStatus::Succeeded, Some(1));
+        // A topic kept for 60 days.
+        let audit_done = record("audit", now, 30, ExecutionStatus::Succeeded, Some(29));
+        let all = [&old_done, &old_dead, &old_waiting, &recent_done, &slow_done, &audit_done];
+        store.put_many(all.iter().map(|r| (*r).clone()).collect()).await.unwrap();
+
+        let week = Duration::from_secs(7 * 86_400);
+        let retention = |job: &str| Some(if job == "audit" { week * 9 } else { week });
+        let pruned = store.prune(retention, week, now, 2).await.unwrap();
+        assert_eq!(pruned.deleted, 2, "{pruned:?}");
+        for (r, kept) in [
+            (&old_done, false),
+            (&old_dead, false),
+            (&old_waiting, true),
+            (&recent_done, true),
+            (&slow_done, true),
+            (&audit_done, true),
+        ] {
+            assert_eq!(store.get(r.id).await.unwrap().is_some(), kept, "{} {:?}", r.job_id, r.status);
+        }
+        // The scan stopped at the horizon: the record created three days ago was not read.
+        assert_eq!(pruned.scanned, 5);
+        // `None` keeps everything.
+        let again = store.prune(|_| None, week, now, 100).await.unwrap();
+        assert_eq!(again.deleted, 0);
+    }
 }
