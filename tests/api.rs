@@ -173,25 +173,10 @@ async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) 
     support::http::request(addr, method, path, &[], body.as_bytes()).await
 }
 
-/// Serves `rt` (API and workers) on a free loopback port until the sender fires.
-async fn serve(
-    rt: &Runtime,
-) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<netscript::worker::WorkerReport>)
-{
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let rt = rt.clone();
-        async move { rt.serve_on(listener, true, async move { rx.await.unwrap_or(()) }).await }
-    });
-    (addr, tx, server)
-}
-
 #[tokio::test]
 async fn trigger_run_and_read_over_a_real_socket() {
     let rt = runtime().await;
-    let (addr, tx, server) = serve(&rt).await;
+    let (addr, tx, server) = support::http::serve(&rt, true).await;
     let (status, body) =
         http(addr, "POST", "/api/v1/workers/jobs/charge/trigger", r#"{"orderId":"o9","amountCents":12}"#).await;
     assert_eq!(status, 202, "{body}");
@@ -238,7 +223,7 @@ async fn serve_shuts_down_the_api_then_the_workers_then_the_apps_resources() {
     let rt = runtime().await;
     // Finished in order, priority after priority: the pool closes once the workers drained.
     rt.shutdown_manager().register("database pool", netscript::SHUTDOWN_APP, || async { Ok(()) });
-    let (addr, tx, server) = serve(&rt).await;
+    let (addr, tx, server) = support::http::serve(&rt, true).await;
     let (status, _) = http(addr, "GET", "/health", "").await;
     assert_eq!(status, 200);
     tx.send(()).unwrap();
@@ -311,7 +296,7 @@ async fn bodies_over_the_limit_get_413_and_enqueue_nothing() {
 async fn subscribers_see_an_execution_queued_then_succeeded() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let rt = runtime().await;
-    let (addr, tx, server) = serve(&rt).await;
+    let (addr, tx, server) = support::http::serve(&rt, true).await;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(b"GET /api/v1/workers/subscribe?job=charge HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     let mut lines = BufReader::new(stream).lines();

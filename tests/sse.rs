@@ -10,6 +10,8 @@ use netscript::prelude::*;
 use netscript::{ExecutionStatus, QueueProvider};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod support;
+
 /// Does nothing.
 #[job(id = "noop", retries = 0)]
 async fn noop(n: u32) -> JobResult<u32> {
@@ -22,13 +24,7 @@ const JOBS: u32 = 20_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_subscriber_is_dropped_with_a_lagged_event_and_the_workers_go_on() {
     let rt = Runtime::builder().ignore_env().provider(QueueProvider::Memory).concurrency(4).build().await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let rt = rt.clone();
-        async move { rt.serve_on(listener, true, async move { rx.await.unwrap_or(()) }).await }
-    });
+    let (addr, tx, server) = support::http::serve(&rt, true).await;
 
     // Subscribe to everything, read the response head, then stop reading.
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -76,7 +76,12 @@ fn at(s: &str) -> DateTime<Utc> {
 
 async fn serve(
     clock: Arc<ManualClock>,
-) -> (Runtime, std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+) -> (
+    Runtime,
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<netscript::worker::WorkerReport>,
+) {
     let rt = Runtime::builder()
         .ignore_env()
         .provider(QueueProvider::Memory)
@@ -86,15 +91,7 @@ async fn serve(
         .build()
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let rt = rt.clone();
-        async move {
-            rt.serve_on(listener, true, async move { rx.await.unwrap_or(()) }).await;
-        }
-    });
+    let (addr, tx, server) = support::http::serve(&rt, true).await;
     (rt, addr, tx, server)
 }
 
@@ -197,10 +194,7 @@ async fn an_unverified_webhook_skips_the_bearer_token_and_a_refused_payload_is_4
         .build()
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move { rt.serve_on(listener, false, async move { rx.await.unwrap_or(()) }).await });
+    let (addr, tx, server) = support::http::serve(&rt, false).await;
     // No bearer token needed for a webhook; the job refuses the payload.
     let (status, error) = post(addr, "/webhooks/open", &[], br#"{"order_id": 5}"#).await;
     assert_eq!((status, error["error"]["code"].as_str()), (422, Some("webhook_failed")), "{error}");

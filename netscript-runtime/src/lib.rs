@@ -26,6 +26,7 @@ pub use netscript_cron as cron;
 pub mod embedded;
 pub mod job;
 pub mod kv;
+pub mod metrics;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod process;

@@ -222,6 +222,8 @@ struct Inner {
     webhooks: Vec<ArmedWebhook>,
     /// The process's shutdown sequence.
     shutdown: ShutdownManager,
+    /// What this process's workers did, for `GET /metrics`.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A configured job system. Cheap to clone.
@@ -448,6 +450,7 @@ impl RuntimeBuilder {
                 tasks,
                 webhooks,
                 shutdown,
+                metrics: Arc::default(),
                 clock: self.clock.take().unwrap_or_else(|| Arc::new(SystemClock)),
             }),
         })
@@ -640,6 +643,11 @@ impl Runtime {
         &self.inner.schedules
     }
 
+    /// What this process's workers did (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
     /// The webhooks the API serves, by id.
     pub fn webhooks(&self) -> &[ArmedWebhook] {
         &self.inner.webhooks
@@ -792,6 +800,7 @@ impl Runtime {
             options,
         )
         .with_runner(runner)
+        .with_metrics(Arc::clone(&self.inner.metrics))
         .with_cancel_requests(self.inner.cancels.subscribe())
         .with_paused_topics(Arc::clone(&self.inner.paused))
         .run(stop)

@@ -1,6 +1,24 @@
 //! A minimal HTTP/1.1 client for tests that call a served API over a real socket.
 
+use netscript::Runtime;
+use netscript::worker::WorkerReport;
 use serde_json::Value;
+
+/// A runtime served on a free loopback port: its address, the sender that shuts it down, and
+/// the task that ends with the workers' report.
+pub type Served = (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<WorkerReport>);
+
+/// Serves `rt` (the API, and the workers when `workers`) on 127.0.0.1:0 until the sender fires.
+pub async fn serve(rt: &Runtime, workers: bool) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.serve_on(listener, workers, async move { rx.await.unwrap_or(()) }).await }
+    });
+    (addr, tx, server)
+}
 
 /// Sends one request over a fresh connection (with `headers` besides the usual ones) and
 /// returns the status and the JSON body (`Null` when the body is not JSON).

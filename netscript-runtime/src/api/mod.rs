@@ -3,6 +3,7 @@
 //! | route | purpose |
 //! |---|---|
 //! | `GET /health` | liveness, with the active providers |
+//! | `GET /metrics` | Prometheus text format: attempts per topic, durations, pickup latency, queue depth |
 //! | `GET /api/v1/workers/jobs?source=` | registered jobs with their payload JSON Schema (`store`: every binary's seeded catalogue) |
 //! | `POST /api/v1/workers/jobs/{id}/trigger` | enqueue; 202 with the execution id |
 //! | `GET /api/v1/workers/executions?limit=&status=&job=&before=` | executions, newest first |
@@ -50,6 +51,7 @@ use crate::runtime::Runtime;
 pub fn router(runtime: Runtime) -> Router {
     let api = Router::new()
         .route("/health", get(routes::health))
+        .route("/metrics", get(routes::metrics))
         .route("/api/v1/workers/jobs", get(routes::list_jobs))
         .route("/api/v1/workers/jobs/{id}/trigger", post(routes::trigger))
         .route("/api/v1/workers/executions", get(routes::list_executions))

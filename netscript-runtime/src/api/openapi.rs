@@ -35,6 +35,11 @@ pub fn document(rt: &Runtime) -> Value {
                 "providers": { "type": "object", "properties": {
                     "queue": { "type": "string" }, "kv": { "type": "string" }, "reason": { "type": "string" } } } } } } } } }
     } }));
+    paths.insert("/metrics".into(), json!({ "get": {
+        "operationId": "metrics", "summary": "Prometheus text format: attempts per topic, durations, pickup latency, queue depth",
+        "responses": { "200": { "description": "The metrics", "content": { "text/plain": { "schema": { "type": "string" } } } },
+                       "401": error_response("Missing or wrong token"), "503": error_response("The queue is unavailable") }
+    } }));
     paths.insert("/api/v1/workers/jobs".into(), json!({ "get": {
         "operationId": "listJobs", "summary": "Registered jobs with their payload schemas",
         "parameters": [ { "name": "source", "in": "query", "description": "`binary` (this process's jobs, the default) or `store` (the catalogue every binary seeded)",
@@ -53,18 +58,21 @@ pub fn document(rt: &Runtime) -> Value {
             "401": error_response("Missing or wrong token"), "503": error_response("The store is unavailable") }
     } }),
     );
+    let job_ids: Vec<&str> = rt.registry().iter().map(|j| j.id).collect();
     paths.insert("/api/v1/workers/jobs/{id}/trigger".into(), json!({ "post": {
         "operationId": "triggerJob", "summary": "Enqueue a job by id (any payload; see the per-job paths for typed bodies)",
-        "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } } ],
+        "description": "A registered job's id matches its own path above (concrete paths match first), which types the body; what reaches this operation names no job and is answered 404.",
+        "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string", "not": { "enum": job_ids } } } ],
         "requestBody": { "required": false, "content": { "application/json": { "schema": {} } } },
         "responses": trigger_responses()
     } }));
     for job in rt.registry().iter() {
         let payload = payload_schema(job, &mut schemas);
+        // The server reads an object as the envelope only when it has `payload` and no field
+        // outside the envelope's, hence `additionalProperties: false` on that side.
         let body = json!({ "oneOf": [
             payload.clone(),
-            { "allOf": [ { "$ref": "#/components/schemas/EnqueueOptions" },
-                         { "type": "object", "required": ["payload"], "properties": { "payload": payload } } ] }
+            { "allOf": [ { "$ref": "#/components/schemas/EnqueueOptions" }, envelope_schema(payload) ] }
         ] });
         paths.insert(
             format!("/api/v1/workers/jobs/{}/trigger", job.id),
@@ -351,7 +359,10 @@ fn error_response(description: &str) -> Value {
 
 fn trigger_responses() -> Value {
     json!({
-        "202": { "description": "Enqueued", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/TriggerAccepted" } } } },
+        "202": { "description": "Enqueued", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/TriggerAccepted" } } },
+                 "links": {
+                     "GetExecution": { "operationId": "getExecution", "parameters": { "id": "$response.body#/executionId" } },
+                     "CancelExecution": { "operationId": "cancelExecution", "parameters": { "id": "$response.body#/executionId" } } } },
         "400": error_response("The body is not JSON"),
         "401": error_response("Missing or wrong token"),
         "404": error_response("No such job"),
@@ -374,15 +385,33 @@ fn trigger_accepted_schema() -> Value {
         "links": { "type": "object", "properties": { "execution": { "type": "string" } } } } })
 }
 
+/// The durations `delay` takes as text: spans such as `250ms`, `10s` or `1h 30m` (a subset of
+/// what `humantime` parses, in units up to days), each at most nine digits.
+const DURATION_PATTERN: &str = "^[0-9]{1,9}(ns|us|ms|s|m|h|d)( [0-9]{1,9}(ns|us|ms|s|m|h|d))*$";
+
 fn enqueue_options_schema() -> Value {
     json!({ "type": "object", "properties": {
-        "idempotencyKey": { "type": "string" },
-        "concurrencyKey": { "type": "string" },
+        "idempotencyKey": { "type": ["string", "null"] },
+        "concurrencyKey": { "type": ["string", "null"] },
         "priority": { "type": "integer", "format": "int32" },
-        "delay": { "description": "A duration such as \"10s\", or milliseconds", "type": ["string", "integer"] },
-        "correlationId": { "type": "string" },
-        "traceparent": { "type": "string" },
-        "tracestate": { "type": "string" } } })
+        "delay": { "description": "A duration such as \"10s\" or \"1m 30s\", or milliseconds", "oneOf": [
+            { "type": "string", "pattern": DURATION_PATTERN },
+            { "type": "integer", "minimum": 0, "maximum": u64::MAX },
+            { "type": "null" } ] },
+        "correlationId": { "type": ["string", "null"] },
+        "traceparent": { "type": ["string", "null"] },
+        "tracestate": { "type": ["string", "null"] } } })
+}
+
+/// The envelope's own part: `payload`, beside the enqueue options (typed by `EnqueueOptions`)
+/// and nothing else.
+fn envelope_schema(payload: Value) -> Value {
+    let mut fields = Map::new();
+    if let Some(options) = enqueue_options_schema()["properties"].as_object() {
+        fields.extend(options.keys().map(|k| (k.clone(), Value::Bool(true))));
+    }
+    fields.insert("payload".into(), payload);
+    json!({ "type": "object", "required": ["payload"], "properties": fields, "additionalProperties": false })
 }
 
 fn job_info_schema() -> Value {

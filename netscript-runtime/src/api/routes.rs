@@ -1,6 +1,6 @@
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::IntoResponse;
@@ -78,7 +78,7 @@ pub(super) async fn list_jobs(
     State(rt): State<Runtime>,
     query: Result<Query<JobsQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let query = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let query = query.map_err(query_error)?;
     match query.0.source.as_deref() {
         None | Some("binary") => Ok(Json(
             serde_json::to_value(rt.registry().iter().map(JobInfo::of).collect::<Vec<_>>()).unwrap_or_default(),
@@ -122,9 +122,10 @@ pub(super) fn parse_trigger_body(body: &[u8]) -> Result<(serde_json::Value, Enqu
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok((serde_json::Value::Null, EnqueueOptions::default()));
     }
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("request body is not valid JSON: {e}"))
     })?;
+    integral_floats_as_integers(&mut value);
     let is_envelope = value
         .as_object()
         .is_some_and(|o| o.contains_key("payload") && o.keys().all(|k| ENVELOPE_FIELDS.contains(&k.as_str())));
@@ -139,9 +140,10 @@ pub(super) fn parse_trigger_body(body: &[u8]) -> Result<(serde_json::Value, Enqu
 
 pub(super) async fn trigger(
     State(rt): State<Runtime>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let Path(id) = id.map_err(path_error)?;
     let body = read_body(&rt, body)?;
     if rt.registry().get(&id).is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_job", format!("no job `{id}` is registered")));
@@ -155,6 +157,39 @@ pub(super) async fn trigger(
         "links": { "execution": format!("/api/v1/workers/executions/{}", receipt.execution_id) },
     });
     Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+/// Writes numbers such as `228.0` as `228`. JSON Schema counts them as integers (so the
+/// document's `"type": "integer"` admits them), but serde refuses them for integer fields;
+/// float fields take either form, so nothing that was accepted before changes meaning.
+fn integral_floats_as_integers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let Some(f) = n.as_f64() else { return };
+            // Beyond 2^53 an f64 is not an exact integer anyway; leave such numbers alone.
+            const EXACT: f64 = 9_007_199_254_740_992.0;
+            if f.fract() == 0.0 && f.abs() <= EXACT {
+                // Integral and within ±2^53: the conversion is exact.
+                let i = f as i64;
+                *value = serde_json::Value::from(i);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
+}
+
+/// A query string that does not parse (a value of the wrong type, a repeated field): 400
+/// `invalid_query` in the API's JSON error shape, not axum's plain-text rejection.
+pub(super) fn query_error(e: QueryRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text())
+}
+
+/// A path segment that does not decode (percent-encoded bytes that are not UTF-8): 400
+/// `invalid_path` in the API's JSON error shape.
+pub(super) fn path_error(e: PathRejection) -> ApiError {
+    ApiError::new(e.status(), "invalid_path", e.body_text())
 }
 
 /// The body, or a JSON error: 413 past the limit, the rejection's status otherwise.
@@ -189,8 +224,9 @@ const MAX_LIMIT: usize = 1000;
 
 pub(super) async fn list_executions(
     State(rt): State<Runtime>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<ExecutionPage>, ApiError> {
+    let Query(q) = q.map_err(query_error)?;
     let limit = limit(&LimitQuery { limit: q.limit })?;
     let status = q
         .status
@@ -209,8 +245,9 @@ pub(super) async fn list_executions(
 
 pub(super) async fn get_execution(
     State(rt): State<Runtime>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ExecutionRecord>, ApiError> {
+    let Path(id) = id.map_err(path_error)?;
     let id: ExecutionId = id
         .parse()
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "unknown_execution", format!("no execution `{id}`")))?;
@@ -281,13 +318,18 @@ fn queue_error(e: crate::queue::QueueError) -> ApiError {
 
 pub(super) async fn list_dead_letters(
     State(rt): State<Runtime>,
-    Query(q): Query<LimitQuery>,
+    q: Result<Query<LimitQuery>, QueryRejection>,
 ) -> Result<Json<Vec<DeadLetterInfo>>, ApiError> {
+    let Query(q) = q.map_err(query_error)?;
     let dead = rt.queue().dead_letters(limit(&q)?).await.map_err(queue_error)?;
     Ok(Json(dead.into_iter().map(DeadLetterInfo::from).collect()))
 }
 
-pub(super) async fn redrive(State(rt): State<Runtime>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+pub(super) async fn redrive(
+    State(rt): State<Runtime>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(id) = id.map_err(path_error)?;
     let missing = || ApiError::new(StatusCode::NOT_FOUND, "unknown_dead_letter", format!("no dead letter `{id}`"));
     let parsed: ExecutionId = id.parse().map_err(|_| missing())?;
     if !rt.redrive(parsed).await? {
@@ -329,18 +371,27 @@ pub(super) async fn list_topics(State(rt): State<Runtime>) -> Result<Json<serde_
 
 pub(super) async fn pause_topic(
     State(rt): State<Runtime>,
-    Path(topic): Path<String>,
+    topic: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(topic) = topic.map_err(path_error)?;
     rt.pause_topic(&topic).await?;
     Ok(Json(serde_json::json!({ "topic": topic, "paused": true })))
 }
 
 pub(super) async fn resume_topic(
     State(rt): State<Runtime>,
-    Path(topic): Path<String>,
+    topic: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(topic) = topic.map_err(path_error)?;
     rt.resume_topic(&topic).await?;
     Ok(Json(serde_json::json!({ "topic": topic, "paused": false })))
+}
+
+/// `GET /metrics`: the Prometheus text format (see [`crate::metrics`]).
+pub(super) async fn metrics(State(rt): State<Runtime>) -> Result<impl IntoResponse, ApiError> {
+    let depth = rt.queue().topic_stats().await.map_err(queue_error)?;
+    let text = rt.metrics().render(&depth);
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
 
 pub(super) async fn openapi(State(rt): State<Runtime>) -> Json<serde_json::Value> {
@@ -349,8 +400,9 @@ pub(super) async fn openapi(State(rt): State<Runtime>) -> Json<serde_json::Value
 
 pub(super) async fn cancel_execution(
     State(rt): State<Runtime>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let Path(id) = id.map_err(path_error)?;
     let missing = || ApiError::new(StatusCode::NOT_FOUND, "unknown_execution", format!("no execution `{id}`"));
     let parsed: ExecutionId = id.parse().map_err(|_| missing())?;
     let status = match rt.cancel(parsed).await? {

@@ -15,6 +15,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -56,9 +57,10 @@ fn record_event(record: &ExecutionRecord) -> Event {
 
 pub(super) async fn subscribe(
     State(rt): State<Runtime>,
-    Query(q): Query<SubscribeQuery>,
+    q: Result<Query<SubscribeQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let Query(q) = q.map_err(super::routes::query_error)?;
     let execution: Option<ExecutionId> =
         q.execution.as_deref().map(str::parse).transpose().map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("execution is not an id: {e}"))

@@ -12,6 +12,7 @@ use super::policy::{Decision, decide};
 use super::recorder::{End, Event, RecorderSink, Recorders};
 use super::runner::{AttemptOutcome, Runner};
 use crate::job::{ContextParts, JobContext, Registry, StateMap};
+use crate::metrics::{AttemptEnd, Metrics};
 use crate::queue::{ClaimRequest, Delivery, Lease, MessageId, Queue, Settled, Settlement};
 use crate::store::{ExecutionRecord, ExecutionStatus, ExecutionStore};
 use crate::time::Timestamp;
@@ -98,6 +99,8 @@ struct Shared {
     cancelled: Mutex<HashSet<MessageId>>,
     /// Topics not to claim from.
     paused: Arc<PausedTopics>,
+    /// Counters and histograms of this process's attempts.
+    metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -148,6 +151,7 @@ pub struct Dispatcher {
     cancels: Option<broadcast::Receiver<MessageId>>,
     paused: Arc<PausedTopics>,
     runner: Runner,
+    metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -168,7 +172,14 @@ impl Dispatcher {
             cancels: None,
             paused: Arc::default(),
             runner: Runner::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts attempts in `metrics` (a private set by default).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs attempts on `runner` (in process by default).
@@ -220,6 +231,7 @@ impl Dispatcher {
             pace_ns: AtomicU64::new(0),
             cancelled: Mutex::new(HashSet::new()),
             paused: self.paused,
+            metrics: self.metrics,
             options: self.options,
         });
         let concurrency = shared.options.concurrency.max(1);
@@ -447,6 +459,9 @@ async fn run_one(shared: &Shared, d: Delivery) {
         return;
     }
     let timeout = job.timeout.unwrap_or(shared.options.default_timeout);
+    let metrics = shared.metrics.topic(job.topic);
+    let pickup = (d.attempt == 1).then(|| Timestamp::now().since(d.enqueued_at));
+    shared.metrics.attempt_started(&metrics, pickup);
     let began = std::time::Instant::now();
     let run = shared.runner.run(job, ctx, &d.payload, &shared.states, timeout, &stop);
     tokio::pin!(run);
@@ -487,6 +502,14 @@ async fn run_one(shared: &Shared, d: Delivery) {
             }
         }
     };
+    let counted = match &end {
+        End::Succeeded(_) => AttemptEnd::Succeeded,
+        End::Retrying { .. } => AttemptEnd::Retried,
+        End::Dead { .. } => AttemptEnd::Dead,
+        End::Cancelled => AttemptEnd::Cancelled,
+        End::Released | End::Lost => AttemptEnd::Other,
+    };
+    shared.metrics.attempt_ended(&metrics, began.elapsed(), counted);
     // Sending only queues the end; the write happens in batches. A drain that has every
     // slot back has every end too.
     shared.events.send(Event::Finished { record: Box::new(record), end, settlement, renewed }).await;
