@@ -65,13 +65,18 @@ pub(super) async fn subscribe(
         q.execution.as_deref().map(str::parse).transpose().map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("execution is not an id: {e}"))
         })?;
+    let q_job = q.job.clone();
     let job = q.job;
     let wanted = move |r: &ExecutionRecord| {
         execution.is_none_or(|id| id == r.id) && job.as_deref().is_none_or(|j| j == r.job_id)
     };
     // Subscribe before reading the replay, so nothing written in between is missed; what
     // both see is sent once (the live copy is skipped when the replay had it or newer).
-    let feed = rt.store().subscribe();
+    // A job's own feed wakes this stream only for that job's records.
+    let feed = match &q_job {
+        Some(job) => rt.store().subscribe_job(job),
+        None => rt.store().subscribe(),
+    };
     let mut replay: Vec<ExecutionRecord> = Vec::new();
     if let Some(after) = replay_from(&headers) {
         let filter = ExecutionFilter { limit: Some(REPLAY_SCAN), ..ExecutionFilter::default() };

@@ -62,6 +62,54 @@ pub struct ExecutionFilter {
 pub struct ExecutionStore {
     kv: Arc<dyn Kv>,
     feed: broadcast::Sender<Arc<ExecutionRecord>>,
+    /// Feeds of one job's records, for subscribers that want only those: a record wakes only
+    /// the receivers of its job, so a thousand subscribers to a quiet job cost nothing.
+    job_feeds: Arc<JobFeeds>,
+}
+
+/// The per-job feeds, created on first subscription and dropped once nobody listens.
+#[derive(Default)]
+struct JobFeeds {
+    feeds: std::sync::Mutex<std::collections::HashMap<String, broadcast::Sender<Arc<ExecutionRecord>>>>,
+    /// How many feeds exist, read without the lock on every publish.
+    count: std::sync::atomic::AtomicUsize,
+}
+
+/// Capacity of a per-job feed.
+pub const JOB_FEED_CAPACITY: usize = 4096;
+
+impl JobFeeds {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, broadcast::Sender<Arc<ExecutionRecord>>>> {
+        // Every update is one insert or remove: a poisoned map is still consistent.
+        self.feeds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn subscribe(&self, job: &str) -> broadcast::Receiver<Arc<ExecutionRecord>> {
+        let mut feeds = self.lock();
+        let receiver =
+            feeds.entry(job.to_owned()).or_insert_with(|| broadcast::channel(JOB_FEED_CAPACITY).0).subscribe();
+        self.count.store(feeds.len(), std::sync::atomic::Ordering::Relaxed);
+        receiver
+    }
+
+    fn watched(&self) -> bool {
+        self.count.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    /// Sends each record to its job's feed; forgets feeds nobody listens to any more.
+    fn publish(&self, records: &[Arc<ExecutionRecord>]) {
+        let mut feeds = self.lock();
+        for r in records {
+            if let Some(feed) = feeds.get(&r.job_id)
+                && feed.send(Arc::clone(r)).is_err()
+            {
+                feeds.remove(&r.job_id);
+            }
+        }
+        self.count.store(feeds.len(), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for ExecutionStore {
@@ -77,7 +125,7 @@ fn key(id: ExecutionId) -> Key {
 impl ExecutionStore {
     /// A store on `kv`.
     pub fn new(kv: Arc<dyn Kv>) -> Self {
-        Self { kv, feed: broadcast::channel(FEED_CAPACITY).0 }
+        Self { kv, feed: broadcast::channel(FEED_CAPACITY).0, job_feeds: Arc::default() }
     }
 
     /// The key-value backend.
@@ -89,6 +137,28 @@ impl ExecutionStore {
     /// [`FEED_CAPACITY`] behind gets `RecvError::Lagged` and should re-read the store.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<ExecutionRecord>> {
         self.feed.subscribe()
+    }
+
+    /// Every record of `job` written from now on: like [`subscribe`](Self::subscribe), but
+    /// records of other jobs never wake the receiver. It lags after [`JOB_FEED_CAPACITY`].
+    pub fn subscribe_job(&self, job: &str) -> broadcast::Receiver<Arc<ExecutionRecord>> {
+        self.job_feeds.subscribe(job)
+    }
+
+    fn listened(&self) -> bool {
+        self.feed.receiver_count() > 0 || self.job_feeds.watched()
+    }
+
+    fn send(&self, records: Vec<Arc<ExecutionRecord>>) {
+        if self.feed.receiver_count() > 0 {
+            for r in &records {
+                // A send only fails when nobody listens.
+                let _ = self.feed.send(Arc::clone(r));
+            }
+        }
+        if self.job_feeds.watched() {
+            self.job_feeds.publish(&records);
+        }
     }
 
     /// Writes `records` in one atomic write, then publishes them on the feed.
@@ -125,25 +195,17 @@ impl ExecutionStore {
         Ok(())
     }
 
-    /// Publishes copies of records on the feed; copies nothing when nobody subscribes.
+    /// Publishes copies of records on the feeds; copies nothing when nobody subscribes.
     pub fn publish_copies<'a>(&self, records: impl IntoIterator<Item = &'a ExecutionRecord>) {
-        if self.feed.receiver_count() == 0 {
-            return;
-        }
-        for r in records {
-            // A send only fails when nobody listens.
-            let _ = self.feed.send(Arc::new(r.clone()));
+        if self.listened() {
+            self.send(records.into_iter().map(|r| Arc::new(r.clone())).collect());
         }
     }
 
-    /// Publishes records on the feed (see [`ExecutionStore::subscribe`]).
+    /// Publishes records on the feeds (see [`ExecutionStore::subscribe`]).
     pub fn publish(&self, records: Vec<ExecutionRecord>) {
-        if self.feed.receiver_count() == 0 {
-            return;
-        }
-        for r in records {
-            // A send only fails when nobody listens.
-            let _ = self.feed.send(Arc::new(r));
+        if self.listened() {
+            self.send(records.into_iter().map(Arc::new).collect());
         }
     }
 
@@ -315,6 +377,25 @@ mod tests {
             attempts: Vec::new(),
             updated_at: Timestamp(created),
         }
+    }
+
+    #[tokio::test]
+    async fn a_job_feed_carries_only_its_jobs_records_and_goes_when_nobody_listens() {
+        let store = ExecutionStore::new(Arc::new(MemoryKv::new()));
+        let now = Timestamp::now();
+        let mut reports = store.subscribe_job("report");
+        let mut everything = store.subscribe();
+        let (a, b) = (
+            record("report", now, 0, ExecutionStatus::Queued, None),
+            record("email", now, 0, ExecutionStatus::Queued, None),
+        );
+        store.publish(vec![a.clone(), b.clone()]);
+        assert_eq!(reports.try_recv().unwrap().id, a.id);
+        assert!(reports.try_recv().is_err(), "the email's record never woke the report feed");
+        assert_eq!((everything.try_recv().unwrap().id, everything.try_recv().unwrap().id), (a.id, b.id));
+        drop(reports);
+        store.publish(vec![a]);
+        assert!(!store.job_feeds.watched(), "the feed is forgotten once its last receiver went");
     }
 
     #[tokio::test]
