@@ -172,12 +172,37 @@ pub enum Command {
 }
 
 /// Installs a `tracing` subscriber printing to stderr (`RUST_LOG`, default `info`), unless
-/// the app installed one already.
+/// the app installed one already. With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans are also
+/// exported over OTLP (see [`crate::telemetry`]).
 pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
+    static TELEMETRY: std::sync::OnceLock<crate::telemetry::TelemetryGuard> = std::sync::OnceLock::new();
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The trace events (job.started, job.completed, ...) are for the exported spans; the log
+    // shows them only when RUST_LOG names their target.
+    let mut log_filter = filter();
+    let events = crate::telemetry::EVENTS_TARGET;
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains(events)) {
+        if let Ok(off) = format!("{events}=off").parse() {
+            log_filter = log_filter.add_directive(off);
+        }
+    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(log_filter);
+    // OTLP export only when OTEL_EXPORTER_OTLP_ENDPOINT is set; the guard lives as long as the
+    // process, and `run_cli` flushes it at the end.
+    let service = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "netscript".to_owned());
+    let otel = match TELEMETRY.get() {
+        Some(guard) => Some(guard.layer()),
+        None => crate::telemetry::init(&service).map(|guard| TELEMETRY.get_or_init(|| guard).layer()),
+    };
+    let otel = otel.map(|layer| layer.with_filter(filter()));
     // Fails only when a subscriber is already set: the app's choice wins.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
 }
 
 /// Parses the process's arguments and runs the command on a runtime from `builder`.
@@ -212,13 +237,15 @@ pub async fn run_cli(mut builder: RuntimeBuilder, cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match execute(&runtime, cli.command).await {
+    let code = match execute(&runtime, cli.command).await {
         Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
-    }
+    };
+    crate::telemetry::shutdown_installed().await;
+    code
 }
 
 fn override_addr(builder: RuntimeBuilder, addr: Option<SocketAddr>) -> RuntimeBuilder {

@@ -38,6 +38,7 @@ pub mod scheduler;
 pub mod shutdown;
 pub mod store;
 pub mod tasks;
+pub mod telemetry;
 pub mod time;
 pub mod webhook;
 pub mod worker;

@@ -418,6 +418,8 @@ impl RuntimeBuilder {
         if std::env::var_os(crate::worker::CHILD_ENV).is_some() {
             // A child of the subprocess runner: serve the one attempt, open nothing, exit.
             let code = crate::worker::serve_child(&registry, std::mem::take(&mut self.states)).await;
+            // `exit` skips destructors: flush the child's spans first.
+            crate::telemetry::shutdown_installed().await;
             std::process::exit(code);
         }
         let schedules = check_schedules(self.schedules.take().unwrap_or_else(|| SCHEDULES.iter().collect()))?;
@@ -547,8 +549,10 @@ impl Runtime {
             if let Some(c) = &options.correlation_id {
                 headers.push((crate::worker::CORRELATION_HEADER.to_owned(), c.clone()));
             }
-            if let Some(t) = &options.traceparent {
-                headers.push((crate::worker::TRACEPARENT_HEADER.to_owned(), t.clone()));
+            // The caller's trace, when it gave none: the job joins the trace of the code that
+            // enqueued it (free when telemetry is off).
+            if let Some(t) = options.traceparent.clone().or_else(crate::telemetry::current_traceparent) {
+                headers.push((crate::worker::TRACEPARENT_HEADER.to_owned(), t));
             }
             if let Some(t) = &options.tracestate {
                 headers.push((crate::worker::TRACESTATE_HEADER.to_owned(), t.clone()));

@@ -141,6 +141,7 @@ pub(super) fn parse_trigger_body(body: &[u8]) -> Result<(serde_json::Value, Enqu
 pub(super) async fn trigger(
     State(rt): State<Runtime>,
     id: Result<Path<String>, PathRejection>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Path(id) = id.map_err(path_error)?;
@@ -148,7 +149,13 @@ pub(super) async fn trigger(
     if rt.registry().get(&id).is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_job", format!("no job `{id}` is registered")));
     }
-    let (payload, options) = parse_trigger_body(&body)?;
+    let (payload, mut options) = parse_trigger_body(&body)?;
+    // The W3C trace context headers, unless the envelope carries a traceparent of its own.
+    if options.traceparent.is_none() {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        options.traceparent = header("traceparent");
+        options.tracestate = options.tracestate.or_else(|| header("tracestate"));
+    }
     let receipt = rt.enqueue_json(&id, payload, options).await?;
     let body = serde_json::json!({
         "executionId": receipt.execution_id,

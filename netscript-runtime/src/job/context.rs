@@ -81,9 +81,15 @@ impl JobContext {
             "job",
             job.id = %parts.job_id,
             execution.id = %parts.execution_id,
-            attempt = parts.attempt,
+            // i64: OpenTelemetry exports it as an integer (a u64 would become a string).
+            attempt = i64::from(parts.attempt),
             correlation.id = %correlation_id,
+            // Recorded by the worker: the backend it claimed from, and how the attempt ended.
+            queue.provider = tracing::field::Empty,
+            outcome = tracing::field::Empty,
         );
+        // Joins the enqueuer's trace; free when there is no traceparent or telemetry is off.
+        crate::telemetry::set_remote_parent(&span, parts.traceparent.as_deref(), parts.tracestate.as_deref());
         Self {
             inner: Arc::new(Inner {
                 execution_id: parts.execution_id,
@@ -179,6 +185,7 @@ impl JobContext {
     /// and streamed to subscribers; a burst of reports may be coalesced to the latest.
     pub async fn progress(&self, percent: u8, message: impl Into<String>) {
         let progress = Progress { percent: percent.min(100), message: message.into() };
+        crate::telemetry::attempt_progress(&self.inner.span, progress.percent, &progress.message);
         self.inner.sink.report(self.inner.execution_id, progress).await;
     }
 

@@ -431,13 +431,24 @@ async fn fire(
     loop {
         attempt += 1;
         let tick = ScheduledTick { schedule_id: spec.id.clone(), scheduled_at, fired_at: shared.clock.now() };
-        let work = async {
-            let actions =
-                AssertUnwindSafe(spec.handler.call(tick.clone())).catch_unwind().await.unwrap_or_else(|panic| {
-                    Err(JobError::retryable(format!("handler panicked: {}", panic_message(&*panic))))
-                })?;
-            action::carry_out(&shared.runtime, actions, key.as_deref()).await
-        };
+        // A span per fire: the jobs it enqueues join its trace.
+        let span = tracing::info_span!(
+            "schedule.tick",
+            schedule.id = %spec.id,
+            scheduled_at = %scheduled_at,
+            attempt = i64::from(attempt),
+            cron = is_tick
+        );
+        let work = tracing::Instrument::instrument(
+            async {
+                let actions =
+                    AssertUnwindSafe(spec.handler.call(tick.clone())).catch_unwind().await.unwrap_or_else(|panic| {
+                        Err(JobError::retryable(format!("handler panicked: {}", panic_message(&*panic))))
+                    })?;
+                action::carry_out(&shared.runtime, actions, key.as_deref()).await
+            },
+            span,
+        );
         let result = tokio::select! {
             () = cancel.cancelled() => return Fired::Cancelled,
             result = work => result,

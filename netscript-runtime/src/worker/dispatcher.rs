@@ -458,6 +458,8 @@ async fn run_one(shared: &Shared, d: Delivery) {
             .await;
         return;
     }
+    let span = ctx.span().clone();
+    crate::telemetry::attempt_started(&span, shared.queue.provider());
     let timeout = job.timeout.unwrap_or(shared.options.default_timeout);
     let metrics = shared.metrics.topic(job.topic);
     let pickup = (d.attempt == 1).then(|| Timestamp::now().since(d.enqueued_at));
@@ -475,6 +477,7 @@ async fn run_one(shared: &Shared, d: Delivery) {
         }
     };
     shared.record_pace(began.elapsed());
+    crate::telemetry::attempt_ended(&span, &outcome);
     let renewed = shared.lock_in_flight().remove(&d.id).map(|f| f.renewed);
 
     // A cancel request wins over however the run ended, unless it finished its work: a job

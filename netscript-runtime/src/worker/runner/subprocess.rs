@@ -113,7 +113,9 @@ impl SubprocessRunner {
             attempt: ctx.attempt(),
             max_attempts: ctx.max_attempts(),
             correlation_id: ctx.correlation_id().to_owned(),
-            traceparent: ctx.traceparent().map(str::to_owned),
+            // The child's attempt nests under this one's span.
+            traceparent: crate::telemetry::span_traceparent(ctx.span())
+                .or_else(|| ctx.traceparent().map(str::to_owned)),
             tracestate: ctx.tracestate().map(str::to_owned),
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         };
@@ -235,7 +237,11 @@ async fn run_child(job: &'static JobDescriptor, request: &ChildRequest, states: 
     );
     let timeout = Duration::from_millis(request.timeout_ms);
     // The parent kills the child to stop it; nothing stops it from in here.
-    InProcessRunner.run(job, ctx, request.payload.as_bytes(), &states, timeout, &CancellationToken::new()).await
+    let span = ctx.span().clone();
+    let outcome =
+        InProcessRunner.run(job, ctx, request.payload.as_bytes(), &states, timeout, &CancellationToken::new()).await;
+    crate::telemetry::attempt_ended(&span, &outcome);
+    outcome
 }
 
 /// The protocol message for an attempt's end.
