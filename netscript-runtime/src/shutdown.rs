@@ -331,19 +331,9 @@ async fn stop_one(resource: Resource) -> Stopped {
     let began = Instant::now();
     let outcome = match AssertUnwindSafe(async move { stop().await }).catch_unwind().await {
         Ok(result) => result,
-        Err(panic) => Err(format!("panicked: {}", panic_message(panic.as_ref()))),
+        Err(panic) => Err(format!("panicked: {}", crate::worker::runner::panic_message(panic.as_ref()))),
     };
     (name, outcome, began.elapsed())
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
-    }
 }
 
 /// The resources being stopped, by name in start order, and their futures.

@@ -139,17 +139,7 @@ impl JobArgs {
             None => doc_comment(&func.attrs),
         };
 
-        let mut tags: Vec<String> = Vec::new();
-        for lit in self.tags.unwrap_or_default() {
-            let tag = lit.value();
-            if tag.trim().is_empty() {
-                check(Err(syn::Error::new(lit.span(), "tags must not be empty")));
-            } else if tags.contains(&tag) {
-                check(Err(syn::Error::new(lit.span(), format!("duplicate tag `{tag}`"))));
-            } else {
-                tags.push(tag);
-            }
-        }
+        let tags = validate_tags(self.tags.unwrap_or_default(), &mut check);
 
         let timeout = self.timeout.and_then(|lit| match duration::parse_lit(&lit, "timeout") {
             Ok(d) if d.is_zero() => {
@@ -338,16 +328,38 @@ pub(crate) fn expect_str_array(value: &Expr, example: &str) -> syn::Result<Vec<L
 }
 
 fn validate_id(lit: &LitStr) -> syn::Result<()> {
+    validate_kebab_id(lit, "job", "process-payment")
+}
+
+/// A `what` id (`job`, `schedule`, `webhook`) must be kebab-case; the error suggests one, or
+/// shows `example`.
+pub(crate) fn validate_kebab_id(lit: &LitStr, what: &str, example: &str) -> syn::Result<()> {
     let id = lit.value();
     if is_kebab_case(&id) {
         return Ok(());
     }
     const RULE: &str = "lowercase letters and digits, words joined by single `-`";
     let message = match kebab_suggestion(&id) {
-        Some(suggestion) => format!("job id `{id}` is not kebab-case ({RULE}); try `{suggestion}`"),
-        None => format!("job id `{id}` is not kebab-case: use {RULE}, like `process-payment`"),
+        Some(suggestion) => format!("{what} id `{id}` is not kebab-case ({RULE}); try `{suggestion}`"),
+        None => format!("{what} id `{id}` is not kebab-case: use {RULE}, like `{example}`"),
     };
     Err(syn::Error::new(lit.span(), message))
+}
+
+/// Tags: each non-empty and given once; every problem goes to `check` at its literal.
+pub(crate) fn validate_tags(lits: Vec<LitStr>, check: &mut impl FnMut(syn::Result<()>)) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::new();
+    for lit in lits {
+        let tag = lit.value();
+        if tag.trim().is_empty() {
+            check(Err(syn::Error::new(lit.span(), "tags must not be empty")));
+        } else if tags.contains(&tag) {
+            check(Err(syn::Error::new(lit.span(), format!("duplicate tag `{tag}`"))));
+        } else {
+            tags.push(tag);
+        }
+    }
+    tags
 }
 
 /// Topics name worker groups; they may also use `.` and `_` between words

@@ -8,8 +8,8 @@ use syn::{LitBool, LitInt, LitStr};
 
 use crate::errors::Errors;
 use crate::job::args::{
-    Backoff, check_value, doc_comment, expect_bool, expect_int, expect_str, expect_str_array, is_kebab_case,
-    kebab_suggestion, next_argument, parse_arguments, parse_backoff_lit, parse_retries,
+    Backoff, check_value, doc_comment, expect_bool, expect_int, expect_str, expect_str_array, kebab_suggestion,
+    next_argument, parse_arguments, parse_backoff_lit, parse_retries, validate_kebab_id, validate_tags,
 };
 
 /// The arguments `#[scheduled]` knows, each with an example for error messages.
@@ -165,17 +165,7 @@ impl ScheduleArgs {
             None => doc_comment(&func.attrs),
         };
 
-        let mut tags: Vec<String> = Vec::new();
-        for lit in self.tags.unwrap_or_default() {
-            let tag = lit.value();
-            if tag.trim().is_empty() {
-                check(Err(syn::Error::new(lit.span(), "tags must not be empty")));
-            } else if tags.contains(&tag) {
-                check(Err(syn::Error::new(lit.span(), format!("duplicate tag `{tag}`"))));
-            } else {
-                tags.push(tag);
-            }
-        }
+        let tags = validate_tags(self.tags.unwrap_or_default(), &mut check);
 
         let retries = match &self.retries {
             Some(lit) => check_value(&mut check, parse_retries(lit), 0),
@@ -226,14 +216,5 @@ fn parse_missed(lit: &LitStr) -> syn::Result<Missed> {
 }
 
 fn validate_id(lit: &LitStr) -> syn::Result<()> {
-    let id = lit.value();
-    if is_kebab_case(&id) {
-        return Ok(());
-    }
-    const RULE: &str = "lowercase letters and digits, words joined by single `-`";
-    let message = match kebab_suggestion(&id) {
-        Some(suggestion) => format!("schedule id `{id}` is not kebab-case ({RULE}); try `{suggestion}`"),
-        None => format!("schedule id `{id}` is not kebab-case: use {RULE}, like `daily-resync`"),
-    };
-    Err(syn::Error::new(lit.span(), message))
+    validate_kebab_id(lit, "schedule", "daily-resync")
 }

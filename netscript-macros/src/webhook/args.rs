@@ -10,7 +10,8 @@ use syn::meta::ParseNestedMeta;
 use crate::duration;
 use crate::errors::Errors;
 use crate::job::args::{
-    doc_comment, expect_str, expect_str_array, is_kebab_case, kebab_suggestion, next_argument, parse_arguments,
+    doc_comment, expect_str, expect_str_array, kebab_suggestion, next_argument, parse_arguments, validate_kebab_id,
+    validate_tags,
 };
 
 /// The arguments `#[webhook]` knows, each with an example for error messages.
@@ -210,17 +211,7 @@ impl WebhookArgs {
             Some(lit) => lit.value().trim().to_owned(),
             None => doc_comment(&func.attrs),
         };
-        let mut tags: Vec<String> = Vec::new();
-        for lit in self.tags.unwrap_or_default() {
-            let tag = lit.value();
-            if tag.trim().is_empty() {
-                check(Err(syn::Error::new(lit.span(), "tags must not be empty")));
-            } else if tags.contains(&tag) {
-                check(Err(syn::Error::new(lit.span(), format!("duplicate tag `{tag}`"))));
-            } else {
-                tags.push(tag);
-            }
-        }
+        let tags = validate_tags(self.tags.unwrap_or_default(), &mut check);
         if failed {
             return None;
         }
@@ -229,16 +220,7 @@ impl WebhookArgs {
 }
 
 fn validate_id(lit: &LitStr) -> syn::Result<()> {
-    let id = lit.value();
-    if is_kebab_case(&id) {
-        return Ok(());
-    }
-    const RULE: &str = "lowercase letters and digits, words joined by single `-`";
-    let message = match kebab_suggestion(&id) {
-        Some(suggestion) => format!("webhook id `{id}` is not kebab-case ({RULE}); try `{suggestion}`"),
-        None => format!("webhook id `{id}` is not kebab-case: use {RULE}, like `payment-webhook`"),
-    };
-    Err(syn::Error::new(lit.span(), message))
+    validate_kebab_id(lit, "webhook", "payment-webhook")
 }
 
 /// A literal route: `/` then segments of letters, digits, `-`, `_`, `.` and `~`, no empty

@@ -443,7 +443,10 @@ async fn fire(
             async {
                 let actions =
                     AssertUnwindSafe(spec.handler.call(tick.clone())).catch_unwind().await.unwrap_or_else(|panic| {
-                        Err(JobError::retryable(format!("handler panicked: {}", panic_message(&*panic))))
+                        Err(JobError::retryable(format!(
+                            "handler panicked: {}",
+                            crate::worker::runner::panic_message(&*panic)
+                        )))
                     })?;
                 action::carry_out(&shared.runtime, actions, key.as_deref()).await
             },
@@ -486,10 +489,6 @@ async fn fire(
 /// The idempotency key of a tick's first enqueue.
 pub fn tick_key(schedule_id: &str, scheduled_at: DateTime<Utc>) -> String {
     format!("schedule:{schedule_id}:{}", scheduled_at.to_rfc3339_opts(SecondsFormat::Millis, true))
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)).unwrap_or("?")
 }
 
 /// The most recent tick of `schedule` in `(after, until]`, found without walking every tick of
