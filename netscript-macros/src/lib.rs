@@ -10,6 +10,7 @@ mod duration;
 mod errors;
 mod job;
 mod scheduled;
+mod trigger;
 mod webhook;
 
 use proc_macro::TokenStream;

@@ -5,7 +5,6 @@ mod args;
 mod expand;
 
 use proc_macro2::TokenStream;
-use quote::quote;
 use syn::spanned::Spanned;
 
 use crate::errors::Errors;
@@ -13,25 +12,15 @@ use crate::errors::Errors;
 /// Expands `#[webhook(args)] item`. On any error the function is emitted unchanged beside the
 /// errors, so one mistake is reported once.
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
-    let func: syn::ItemFn = match syn::parse2(item.clone()) {
-        Ok(func) => func,
-        Err(_) => {
-            let error = syn::Error::new(proc_macro2::Span::call_site(), "`#[webhook]` goes on an `async fn`");
-            let error = error.to_compile_error();
-            return quote!(#error #item);
-        }
-    };
-    let mut errors = Errors::default();
-    let args = args::WebhookArgs::parse(args, &mut errors);
-    let config = args.validate(&func, &mut errors);
-    let sig = check_signature(&func.sig, &mut errors);
-    match (errors.finish(), config, sig) {
-        (Ok(()), Some(config), Some(sig)) => expand::webhook(&func, &config, &sig),
-        (result, _, _) => {
-            let error = result.err().map(|e| e.to_compile_error());
-            quote!(#func #error)
-        }
-    }
+    crate::trigger::expand(
+        "webhook",
+        item,
+        |func, errors| {
+            let config = args::WebhookArgs::parse(args, errors).validate(func, errors);
+            (config, check_signature(&func.sig, errors))
+        },
+        expand::webhook,
+    )
 }
 
 /// What the signature says: the body type and the return type.

@@ -1,0 +1,34 @@
+//! What `#[scheduled]` and `#[webhook]` share: the steps of a trigger attribute.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use crate::errors::Errors;
+
+/// Parses `item` as a function, lets `check` read the arguments and the signature (every error
+/// into the one list, so all are reported at once), then `generate`s the registration. On any
+/// error the function is emitted unchanged beside the errors, so one mistake is reported once.
+pub(crate) fn expand<C, S>(
+    attribute: &str,
+    item: TokenStream,
+    check: impl FnOnce(&syn::ItemFn, &mut Errors) -> (Option<C>, Option<S>),
+    generate: impl FnOnce(&syn::ItemFn, &C, &S) -> TokenStream,
+) -> TokenStream {
+    let func: syn::ItemFn = match syn::parse2(item.clone()) {
+        Ok(func) => func,
+        Err(_) => {
+            let message = format!("`#[{attribute}]` goes on an `async fn`");
+            let error = syn::Error::new(proc_macro2::Span::call_site(), message).to_compile_error();
+            return quote!(#error #item);
+        }
+    };
+    let mut errors = Errors::default();
+    let (config, sig) = check(&func, &mut errors);
+    match (errors.finish(), config, sig) {
+        (Ok(()), Some(config), Some(sig)) => generate(&func, &config, &sig),
+        (result, _, _) => {
+            let error = result.err().map(|e| e.to_compile_error());
+            quote!(#func #error)
+        }
+    }
+}
