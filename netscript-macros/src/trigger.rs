@@ -32,3 +32,24 @@ pub(crate) fn expand<C, S>(
         }
     }
 }
+
+/// The checks every trigger function shares: `async`, not `const` or `unsafe`, not generic, no
+/// `self`. `kind` names it in messages (`scheduled`, `webhook`); `shape` is the expected
+/// signature. Each problem goes to `fail`.
+pub(crate) fn check_plain_async(sig: &syn::Signature, kind: &str, shape: &str, fail: &mut impl FnMut(syn::Error)) {
+    use syn::spanned::Spanned;
+    if sig.asyncness.is_none() {
+        fail(syn::Error::new_spanned(sig.fn_token, format!("a {kind} function must be `async`: {shape}")));
+    }
+    if let Some(token) = sig.constness.as_ref().map(|c| c.span()).or(sig.unsafety.as_ref().map(|u| u.span())) {
+        fail(syn::Error::new(token, format!("a {kind} function cannot be `const` or `unsafe`")));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        fail(syn::Error::new_spanned(&sig.generics, format!("a {kind} function cannot be generic")));
+    }
+    for input in &sig.inputs {
+        if let syn::FnArg::Receiver(receiver) = input {
+            fail(syn::Error::new_spanned(receiver, format!("a {kind} function cannot take `self`")));
+        }
+    }
+}

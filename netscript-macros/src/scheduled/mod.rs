@@ -5,7 +5,6 @@ mod args;
 mod expand;
 
 use proc_macro2::TokenStream;
-use syn::spanned::Spanned;
 
 use crate::errors::Errors;
 
@@ -41,21 +40,12 @@ fn check_signature(sig: &syn::Signature, errors: &mut Errors) -> Option<Schedule
         errors.push(error);
         ok = false;
     };
-    if sig.asyncness.is_none() {
-        fail(syn::Error::new_spanned(sig.fn_token, format!("a scheduled function must be `async`: {SHAPE}")));
-    }
-    if let Some(token) = sig.constness.as_ref().map(|c| c.span()).or(sig.unsafety.as_ref().map(|u| u.span())) {
-        fail(syn::Error::new(token, "a scheduled function cannot be `const` or `unsafe`"));
-    }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        fail(syn::Error::new_spanned(&sig.generics, "a scheduled function cannot be generic"));
-    }
+    crate::trigger::check_plain_async(sig, "scheduled", SHAPE, &mut fail);
     let mut tick = None;
     for (i, input) in sig.inputs.iter().enumerate() {
         match input {
-            syn::FnArg::Receiver(receiver) => {
-                fail(syn::Error::new_spanned(receiver, "a scheduled function cannot take `self`"));
-            }
+            // Reported by `check_plain_async`.
+            syn::FnArg::Receiver(_) => {}
             syn::FnArg::Typed(_) if i > 0 => {
                 fail(syn::Error::new_spanned(input, format!("a scheduled function takes only the tick: {SHAPE}")));
             }
