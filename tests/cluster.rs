@@ -157,7 +157,16 @@ async fn run(provider: QueueProvider) {
     // (or, on RabbitMQ, its connection dropped). Only the killed process held such leases.
     let reruns: Vec<_> = all.iter().filter(|r| r.attempt > 1).collect();
     let recovery = reruns.iter().filter_map(|r| r.started_at).map(|t| t.since(killed_at)).max();
-    let stats = rt.queue().stats().await.expect("stats");
+    // Lease entries a backend keeps beside the broker (RabbitMQ's companion KV) may outlive a
+    // killed holder until their TTL (lease + 5 s); nothing may stay longer than that.
+    let settle_deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats = rt.queue().stats().await.expect("stats");
+        if (stats.ready, stats.leased, stats.delayed, stats.dead) == (0, 0, 0, 0) || Instant::now() > settle_deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert_eq!((stats.ready, stats.leased, stats.delayed, stats.dead), (0, 0, 0, 0), "{stats:?}");
     println!(
         "{:<9} {WORKERS} workers, {JOBS} jobs in {:.1} s; one killed after {done_at_kill} were done; {} job(s) \

@@ -551,6 +551,11 @@ struct Shared {
     work: Notify,
     broken: Notify,
     stale: AtomicU64,
+    /// Orders this process's writes of its lease entries: an extension holds it exclusively
+    /// from its check of the local lease to its KV write, settlements and lapses share it for
+    /// their KV writes. Without it an extension checked before a settlement could write the
+    /// `leased` entry back after the settlement deleted it (a ghost lease until its TTL).
+    lease_writes: tokio::sync::RwLock<()>,
     seq: AtomicU64,
     declared: Mutex<HashSet<String>>,
     delay_declared: Mutex<HashMap<String, Instant>>,
@@ -591,6 +596,7 @@ impl AmqpQueue {
             work: Notify::new(),
             broken: Notify::new(),
             stale: AtomicU64::new(0),
+            lease_writes: tokio::sync::RwLock::new(()),
             seq: AtomicU64::new(0),
             declared: Mutex::default(),
             delay_declared: Mutex::default(),
@@ -1214,6 +1220,7 @@ impl Shared {
                 write = write.delete(self.keys.lock(k));
             }
         }
+        let _order = self.lease_writes.read().await;
         self.kv.atomic(write).await.map_err(kv_error)?;
         Ok(())
     }
@@ -1959,6 +1966,9 @@ impl Queue for AmqpQueue {
         let mut out = Vec::with_capacity(leases.len());
         let mut write = AtomicWrite::new();
         let mut stale = 0;
+        // Held until the write lands: a settlement that takes a lease after this check writes
+        // its deletion after this write.
+        let _order = s.lease_writes.write().await;
         {
             let mut local = lock(&s.local);
             for l in leases {
@@ -2115,7 +2125,11 @@ impl Queue for AmqpQueue {
             }
         }
         let write = s.stale_write(write, stale_total);
-        if let Err(e) = s.kv.atomic(write).await {
+        let written = {
+            let _order = s.lease_writes.read().await;
+            s.kv.atomic(write).await
+        };
+        if let Err(e) = written {
             restore(valid);
             return Err(kv_error(e));
         }
