@@ -1,7 +1,8 @@
 //! `#[webhook]` over real HTTP: requests signed the way common providers sign them (GitHub's
 //! `X-Hub-Signature-256: sha256=<hex>`, a Stripe-like signed timestamp with base64), a bad
 //! signature and a replay refused (401), a malformed body (400), a payload a job refuses (422),
-//! a redelivery that enqueues nothing new, an unverified webhook, and the startup errors.
+//! a redelivery that enqueues nothing new, an unverified webhook, a retryable failure (503) and
+//! a panicking handler (500, the server serving on), and the startup errors.
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
@@ -68,6 +69,16 @@ async fn signed_webhook(event: WebhookEvent<Payment>) -> JobResult<Vec<Action>> 
 async fn open_webhook(event: WebhookEvent<Value>) -> Vec<Action> {
     // A payload the job refuses: the call answers 422.
     vec![Action::enqueue_json("charge-order", event.body, Default::default())]
+}
+
+/// Fails on purpose: `{"fail": "retry"}` is a retryable failure, `{"fail": "panic"}` panics.
+#[webhook(id = "failing-webhook", path = "/webhooks/failing", verifier = "none")]
+async fn failing_webhook(event: WebhookEvent<Value>) -> JobResult<Vec<Action>> {
+    match event.body["fail"].as_str() {
+        Some("retry") => Err(JobError::retryable("the ledger is busy")),
+        Some("panic") => panic!("the webhook function fell over"),
+        _ => Ok(Vec::new()),
+    }
 }
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -205,6 +216,24 @@ async fn an_unverified_webhook_skips_the_bearer_token_and_a_refused_payload_is_4
     server.await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retryable_failure_is_503_and_a_panic_is_500_and_the_server_serves_on() {
+    let clock = Arc::new(ManualClock::new(at("2026-06-01T12:00:00Z")));
+    let (_rt, addr, stop, server) = serve(clock).await;
+    let (status, error) = post(addr, "/webhooks/failing", &[], br#"{"fail": "retry"}"#).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (503, Some("webhook_failed")), "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("the ledger is busy"), "{error}");
+    let (status, error) = post(addr, "/webhooks/failing", &[], br#"{"fail": "panic"}"#).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (500, Some("webhook_panicked")), "{error}");
+    // The panic took neither the connection handling nor the server down.
+    let (status, answer) = post(addr, "/webhooks/failing", &[], br#"{}"#).await;
+    assert_eq!((status, answer["executionIds"].as_array().map(Vec::len)), (202, Some(0)), "{answer}");
+    let (status, _) = support::http::request(addr, "GET", "/health", &[], b"").await;
+    assert_eq!(status, 200);
+    stop.send(()).unwrap();
+    server.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_missing_secret_stops_startup_naming_the_variable() {
     let e = Runtime::builder().ignore_env().provider(QueueProvider::Memory).build().await.err().unwrap();
@@ -215,8 +244,8 @@ async fn a_missing_secret_stops_startup_naming_the_variable() {
 #[tokio::test]
 async fn webhooks_register_at_link_time() {
     let ids: Vec<&str> = netscript::webhook::WEBHOOKS.iter().map(|w| w.id).collect();
-    assert_eq!(ids.len(), 3);
-    for id in ["payment-webhook", "signed-webhook", "open-webhook"] {
+    assert_eq!(ids.len(), 4);
+    for id in ["payment-webhook", "signed-webhook", "open-webhook", "failing-webhook"] {
         assert!(ids.contains(&id), "{ids:?}");
     }
     let payment = netscript::webhook::WEBHOOKS.iter().find(|w| w.id == "payment-webhook").unwrap();
