@@ -155,6 +155,53 @@ pub enum EmbeddedError {
         /// The file.
         path: PathBuf,
     },
+    /// The disk holding the file is full (SQLite's `SQLITE_FULL`). The write was rolled back
+    /// whole; what was committed before is intact, and writes succeed again once there is
+    /// room.
+    #[error(
+        "the disk holding the embedded store `{}` is full: free space on it (writes succeed again once there is \
+         room; nothing committed before is lost)",
+        path.display()
+    )]
+    DiskFull {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A file of the store reached the process's file size limit (`RLIMIT_FSIZE`, `ulimit
+    /// -f`). The write was rolled back whole, as for a full disk.
+    #[error(
+        "the embedded store `{}` reached this process's file size limit ({limit} bytes, `ulimit -f` or \
+         RLIMIT_FSIZE): raise the limit (writes succeed again then; nothing committed before is lost)",
+        path.display()
+    )]
+    FileSizeLimit {
+        /// The file.
+        path: PathBuf,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The file, or the directory that holds it, cannot be written: a read-only file system
+    /// or missing permissions. Reads may still work; writes succeed again once it is
+    /// writable.
+    #[error("the embedded store `{}` is read-only: {message}", path.display())]
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
+        /// Why, and what to do.
+        message: String,
+    },
+}
+
+impl EmbeddedError {
+    /// Whether the disk or the file system refused the write (full, read-only, or over the
+    /// process's file size limit): a condition of the machine that clears when an operator
+    /// frees space, remounts or raises the limit, not a fault of the request.
+    pub fn is_storage_refusal(&self) -> bool {
+        matches!(
+            self,
+            EmbeddedError::DiskFull { .. } | EmbeddedError::ReadOnly { .. } | EmbeddedError::FileSizeLimit { .. }
+        )
+    }
 }
 
 /// An error inside a request, before it is given the file's path.
@@ -188,6 +235,9 @@ impl OpError {
 }
 
 fn sqlite_error(path: &Path, e: &rusqlite::Error) -> EmbeddedError {
+    if let Some(refusal) = storage_refusal(path, e) {
+        return refusal;
+    }
     let path = path.to_owned();
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
@@ -195,6 +245,100 @@ fn sqlite_error(path: &Path, e: &rusqlite::Error) -> EmbeddedError {
         }
         _ => EmbeddedError::Sqlite { path, message: e.to_string() },
     }
+}
+
+/// `e` as a full disk or a read-only file, when that is what it was.
+///
+/// SQLite says `SQLITE_FULL` for a full disk, but a read-only file system shows up as
+/// `SQLITE_READONLY`, `SQLITE_CANTOPEN` or an I/O error depending on which file and which
+/// step met it; for those the file system is asked directly (see [`write_refusal`]).
+fn storage_refusal(path: &Path, e: &rusqlite::Error) -> Option<EmbeddedError> {
+    match e.sqlite_error_code()? {
+        // A write cut short by the file size limit looks like a full disk to SQLite.
+        ErrorCode::DiskFull => {
+            Some(file_size_limit(path).unwrap_or_else(|| EmbeddedError::DiskFull { path: path.to_owned() }))
+        }
+        ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::SystemIoFailure => {
+            write_refusal(path).or_else(|| file_size_limit(path))
+        }
+        _ => None,
+    }
+}
+
+/// [`EmbeddedError::FileSizeLimit`] if a file of the store (the database, its `-wal` or its
+/// `-shm`) is at or past the process's file size limit, which makes the kernel refuse to
+/// grow it (`EFBIG`: SQLite reports an I/O error). Read from `/proc/self/limits`, so only on
+/// Linux.
+fn file_size_limit(path: &Path) -> Option<EmbeddedError> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let limit: u64 =
+        limits.lines().find_map(|l| l.strip_prefix("Max file size"))?.split_whitespace().next()?.parse().ok()?;
+    let mut files = [path.as_os_str().to_owned(), path.as_os_str().to_owned(), path.as_os_str().to_owned()];
+    files[1].push("-wal");
+    files[2].push("-shm");
+    files
+        .iter()
+        .any(|f| std::fs::metadata(f).is_ok_and(|m| m.len() >= limit))
+        .then(|| EmbeddedError::FileSizeLimit { path: path.to_owned(), limit })
+}
+
+/// Why the file system refuses to write `path` (the store's file), if it does: opens the
+/// file for writing, and creates then removes a probe file beside it (never the `-wal` or
+/// `-shm` files, which another process may be creating at the same moment). Only called
+/// after a write failed, so its cost does not matter.
+fn write_refusal(path: &Path) -> Option<EmbeddedError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if path.exists()
+        && let Err(e) = std::fs::OpenOptions::new().write(true).open(path)
+        && let Some(refusal) = io_refusal(path, dir, &e)
+    {
+        return Some(refusal);
+    }
+    let probe = dir.join(format!(".netscript-write-probe-{}-{:x}", std::process::id(), fastrand::u64(..)));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(file) => {
+            drop(file);
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) => io_refusal(path, dir, &e),
+    }
+}
+
+/// An I/O error met while writing in `dir` as a refusal of the store at `path`, if it is one.
+fn io_refusal(path: &Path, dir: &Path, e: &std::io::Error) -> Option<EmbeddedError> {
+    let path = path.to_owned();
+    match e.kind() {
+        std::io::ErrorKind::StorageFull => Some(EmbeddedError::DiskFull { path }),
+        std::io::ErrorKind::ReadOnlyFilesystem => Some(EmbeddedError::ReadOnly {
+            path,
+            message: format!(
+                "the file system holding `{}` is mounted read-only: remount it read-write, or point the data \
+                 directory (`data_dir`, `NETSCRIPT_DATA_DIR`) at a writable one",
+                dir.display()
+            ),
+        }),
+        std::io::ErrorKind::PermissionDenied => Some(EmbeddedError::ReadOnly {
+            path,
+            message: format!(
+                "permission denied ({e}): give this process write access to the file and to `{}`, or point the \
+                 data directory (`data_dir`, `NETSCRIPT_DATA_DIR`) at a writable one",
+                dir.display()
+            ),
+        }),
+        _ => None,
+    }
+}
+
+/// A failure to open the store, named by what it was: a full disk or a read-only file
+/// system if it was one of those, else [`EmbeddedError::Open`] with SQLite's reason.
+fn open_error(path: &Path, e: &SetupError) -> EmbeddedError {
+    if let SetupError::Sqlite(sqlite) = e
+        && let Some(refusal) = storage_refusal(path, sqlite)
+    {
+        return refusal;
+    }
+    EmbeddedError::Open { path: path.to_owned(), message: e.to_string() }
 }
 
 /// A counter kept in the file, read once per group commit and written back once.
@@ -270,6 +414,8 @@ trait Request: Send {
     fn run(&mut self, tx: &Tx<'_>) -> bool;
     /// Replies, once the transaction's fate is known (`Err`: it was not committed).
     fn finish(self: Box<Self>, batch: Result<(), &EmbeddedError>, path: &Path);
+    /// The SQLite error its last run failed with, if it failed with one.
+    fn sqlite_error(&self) -> Option<&rusqlite::Error>;
 }
 
 struct Call<F, T> {
@@ -299,6 +445,13 @@ where
         };
         // The caller may have stopped waiting (its future was dropped); nothing to do then.
         let _ = self.reply.send(out);
+    }
+
+    fn sqlite_error(&self) -> Option<&rusqlite::Error> {
+        match &self.result {
+            Some(Err(OpError::Sqlite(e))) => Some(e),
+            _ => None,
+        }
     }
 }
 
@@ -367,11 +520,14 @@ impl EmbeddedDb {
     /// Opens (or creates) `<data_dir>/netscript.db` with `options`.
     pub fn open_with(data_dir: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self, EmbeddedError> {
         let dir = data_dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| EmbeddedError::Open {
-            path: dir.to_owned(),
-            message: format!("cannot create the directory: {e}"),
+        let path = dir.join(FILE_NAME);
+        std::fs::create_dir_all(dir).map_err(|e| {
+            io_refusal(&path, dir, &e).unwrap_or_else(|| EmbeddedError::Open {
+                path: dir.to_owned(),
+                message: format!("cannot create the directory: {e}"),
+            })
         })?;
-        Self::open_file(dir.join(FILE_NAME), options)
+        Self::open_file(path, options)
     }
 
     /// Opens (or creates) the store at exactly `path`.
@@ -383,10 +539,10 @@ impl EmbeddedDb {
             migrate(&conn)?;
             Ok(conn)
         })
-        .map_err(|e| open_err(&e))?;
+        .map_err(|e| open_error(&path, &e))?;
         let checkpoint_conn =
-            retry_busy(&options, || Ok(open_connection(&path, &options)?)).map_err(|e| open_err(&e))?;
-        let version = data_version(&conn).map_err(|e| open_err(&e))?;
+            retry_busy(&options, || Ok(open_connection(&path, &options)?)).map_err(|e| open_error(&path, &e))?;
+        let version = data_version(&conn).map_err(|e| open_error(&path, &SetupError::Sqlite(e)))?;
 
         let shared = Arc::new(Shared {
             queue_notifies: Mutex::new(HashMap::new()),
@@ -401,6 +557,7 @@ impl EmbeddedDb {
             max_batch: options.max_batch.max(1),
             data_version: version,
             commits: Arc::new(AtomicU64::new(0)),
+            refused: false,
         };
         let (stop, stopped) = mpsc::channel();
         let checkpointer = Checkpointer { conn: checkpoint_conn, stopped, commits: Arc::clone(&writer.commits) };
@@ -646,6 +803,9 @@ struct Writer {
     data_version: i64,
     /// Commits so far, for the checkpointer.
     commits: Arc<AtomicU64>,
+    /// Whether the last group commit was refused by the disk (full or read-only), so the
+    /// log says so once when it starts and once when it ends, not once per write.
+    refused: bool,
 }
 
 impl Writer {
@@ -700,9 +860,13 @@ impl Writer {
     fn commit(&mut self, batch: &mut Vec<Box<dyn Request>>) {
         let mut failed = vec![false; batch.len()];
         let mut isolate = false;
+        let mut wrote = false;
         let result = loop {
             match self.attempt(batch, &mut failed, isolate) {
-                Attempt::Committed => break Ok(()),
+                Attempt::Committed { changes } => {
+                    wrote = changes;
+                    break Ok(());
+                }
                 Attempt::RequestFailed(i) => {
                     failed[i] = true;
                     if failed.iter().all(|f| *f) {
@@ -713,10 +877,38 @@ impl Writer {
                 Attempt::Failed(e) => break Err(e),
             }
         };
+        // A full or read-only disk fails the commit, or (when SQLite meets it inside a
+        // statement) the requests one by one.
+        let refusal = match &result {
+            Err(e) => e.is_storage_refusal().then(|| e.clone()),
+            Ok(()) => batch
+                .iter()
+                .zip(&failed)
+                .filter(|(_, failed)| **failed)
+                .find_map(|(r, _)| r.sqlite_error().and_then(|e| storage_refusal(&self.path, e))),
+        };
+        self.note_refusal(refusal, wrote);
         for r in batch.drain(..) {
             r.finish(result.as_ref().map(|_| ()), &self.path);
         }
         // Our own commits do not change this connection's data_version, so no refresh here.
+    }
+
+    /// Logs when the disk starts refusing group commits and when it accepts them again (a
+    /// commit that wrote something: one that changed nothing proves nothing). The callers
+    /// get the error of each refused write; the log gets the transitions only.
+    fn note_refusal(&mut self, refusal: Option<EmbeddedError>, wrote: bool) {
+        match refusal {
+            Some(e) if !self.refused => {
+                self.refused = true;
+                tracing::error!(error = %e, "the embedded store cannot write; every write fails until this is fixed");
+            }
+            None if self.refused && wrote => {
+                self.refused = false;
+                tracing::info!(path = %self.path.display(), "the embedded store can write again");
+            }
+            _ => {}
+        }
     }
 
     /// One try at committing the requests of `batch` that have not failed. Every outcome but
@@ -733,6 +925,7 @@ impl Writer {
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             return fail(&e);
         }
+        let changes_before = conn.total_changes();
         let tx = Tx { conn, counters: RefCell::new([None, None]), hooks: RefCell::new(Vec::new()) };
         let step = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]).map(drop));
         for (i, r) in batch.iter_mut().enumerate() {
@@ -777,14 +970,17 @@ impl Writer {
         for hook in tx.hooks.take() {
             hook();
         }
-        Attempt::Committed
+        Attempt::Committed { changes: conn.total_changes() != changes_before }
     }
 }
 
 /// How one try at committing a batch ended.
 enum Attempt {
-    /// Committed; the hooks ran.
-    Committed,
+    /// Committed; the hooks ran. `changes`: whether it changed any row.
+    Committed {
+        /// Whether the transaction changed any row.
+        changes: bool,
+    },
     /// This request failed (without savepoints); the transaction was rolled back.
     RequestFailed(usize),
     /// The transaction failed as a whole and was rolled back.
@@ -911,6 +1107,27 @@ mod tests {
         assert_eq!(n, 10);
         // Only the committed requests' hooks ran, once each, though the batch ran twice.
         assert_eq!(hooks.load(Ordering::Relaxed), 10);
+    }
+
+    #[test]
+    fn a_full_disk_is_named_with_the_file() {
+        let e = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+        let err = sqlite_error(Path::new("/data/netscript.db"), &e);
+        assert!(matches!(err, EmbeddedError::DiskFull { .. }), "{err:?}");
+        assert!(err.is_storage_refusal());
+        let text = err.to_string();
+        assert!(text.starts_with("the disk holding the embedded store `/data/netscript.db` is full"), "{text}");
+    }
+
+    #[test]
+    fn an_io_error_on_a_writable_directory_stays_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let e = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR), None);
+        let err = sqlite_error(&path, &e);
+        assert!(matches!(err, EmbeddedError::Sqlite { .. }), "{err:?}");
+        // The probe left nothing behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
