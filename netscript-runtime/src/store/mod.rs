@@ -19,6 +19,41 @@ use tokio::sync::broadcast;
 use crate::kv::{AtomicWrite, Key, Kv, KvError, ListOptions};
 pub use record::{AttemptRecord, ExecutionRecord, ExecutionStatus};
 
+/// A record on the change feed: the record as written, shared by every receiver, and its
+/// JSON, encoded once on first use (a thousand SSE subscribers send the same bytes without
+/// encoding the record a thousand times). Derefs to the [`ExecutionRecord`].
+#[derive(Debug)]
+pub struct FeedRecord {
+    record: ExecutionRecord,
+    json: std::sync::OnceLock<Box<str>>,
+}
+
+impl FeedRecord {
+    /// Wraps a record.
+    pub fn new(record: ExecutionRecord) -> Self {
+        Self { record, json: std::sync::OnceLock::new() }
+    }
+
+    /// The record.
+    pub fn record(&self) -> &ExecutionRecord {
+        &self.record
+    }
+
+    /// The record as JSON (the API's shape), encoded by the first caller.
+    pub fn json(&self) -> &str {
+        // A record is plain data: serializing it cannot fail.
+        self.json.get_or_init(|| serde_json::to_string(&self.record).unwrap_or_default().into_boxed_str())
+    }
+}
+
+impl std::ops::Deref for FeedRecord {
+    type Target = ExecutionRecord;
+
+    fn deref(&self) -> &ExecutionRecord {
+        &self.record
+    }
+}
+
 /// An execution's id: the id of the queue message that carries it.
 pub type ExecutionId = crate::queue::MessageId;
 
@@ -61,7 +96,7 @@ pub struct ExecutionFilter {
 #[derive(Clone)]
 pub struct ExecutionStore {
     kv: Arc<dyn Kv>,
-    feed: broadcast::Sender<Arc<ExecutionRecord>>,
+    feed: broadcast::Sender<Arc<FeedRecord>>,
     /// Feeds of one job's records, for subscribers that want only those: a record wakes only
     /// the receivers of its job, so a thousand subscribers to a quiet job cost nothing.
     job_feeds: Arc<JobFeeds>,
@@ -70,7 +105,7 @@ pub struct ExecutionStore {
 /// The per-job feeds, created on first subscription and dropped once nobody listens.
 #[derive(Default)]
 struct JobFeeds {
-    feeds: std::sync::Mutex<std::collections::HashMap<String, broadcast::Sender<Arc<ExecutionRecord>>>>,
+    feeds: std::sync::Mutex<std::collections::HashMap<String, broadcast::Sender<Arc<FeedRecord>>>>,
     /// How many feeds exist, read without the lock on every publish.
     count: std::sync::atomic::AtomicUsize,
 }
@@ -79,14 +114,12 @@ struct JobFeeds {
 pub const JOB_FEED_CAPACITY: usize = 4096;
 
 impl JobFeeds {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, broadcast::Sender<Arc<ExecutionRecord>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, broadcast::Sender<Arc<FeedRecord>>>> {
         // Every update is one insert or remove: a poisoned map is still consistent.
         self.feeds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn subscribe(&self, job: &str) -> broadcast::Receiver<Arc<ExecutionRecord>> {
+    fn subscribe(&self, job: &str) -> broadcast::Receiver<Arc<FeedRecord>> {
         let mut feeds = self.lock();
         let receiver =
             feeds.entry(job.to_owned()).or_insert_with(|| broadcast::channel(JOB_FEED_CAPACITY).0).subscribe();
@@ -99,7 +132,7 @@ impl JobFeeds {
     }
 
     /// Sends each record to its job's feed; forgets feeds nobody listens to any more.
-    fn publish(&self, records: &[Arc<ExecutionRecord>]) {
+    fn publish(&self, records: &[Arc<FeedRecord>]) {
         let mut feeds = self.lock();
         for r in records {
             if let Some(feed) = feeds.get(&r.job_id)
@@ -135,13 +168,13 @@ impl ExecutionStore {
 
     /// Every record written from now on, as written. A receiver that falls more than
     /// [`FEED_CAPACITY`] behind gets `RecvError::Lagged` and should re-read the store.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ExecutionRecord>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedRecord>> {
         self.feed.subscribe()
     }
 
     /// Every record of `job` written from now on: like [`subscribe`](Self::subscribe), but
     /// records of other jobs never wake the receiver. It lags after [`JOB_FEED_CAPACITY`].
-    pub fn subscribe_job(&self, job: &str) -> broadcast::Receiver<Arc<ExecutionRecord>> {
+    pub fn subscribe_job(&self, job: &str) -> broadcast::Receiver<Arc<FeedRecord>> {
         self.job_feeds.subscribe(job)
     }
 
@@ -149,7 +182,7 @@ impl ExecutionStore {
         self.feed.receiver_count() > 0 || self.job_feeds.watched()
     }
 
-    fn send(&self, records: Vec<Arc<ExecutionRecord>>) {
+    fn send(&self, records: Vec<Arc<FeedRecord>>) {
         if self.feed.receiver_count() > 0 {
             for r in &records {
                 // A send only fails when nobody listens.
@@ -198,14 +231,14 @@ impl ExecutionStore {
     /// Publishes copies of records on the feeds; copies nothing when nobody subscribes.
     pub fn publish_copies<'a>(&self, records: impl IntoIterator<Item = &'a ExecutionRecord>) {
         if self.listened() {
-            self.send(records.into_iter().map(|r| Arc::new(r.clone())).collect());
+            self.send(records.into_iter().map(|r| Arc::new(FeedRecord::new(r.clone()))).collect());
         }
     }
 
     /// Publishes records on the feeds (see [`ExecutionStore::subscribe`]).
     pub fn publish(&self, records: Vec<ExecutionRecord>) {
         if self.listened() {
-            self.send(records.into_iter().map(Arc::new).collect());
+            self.send(records.into_iter().map(|r| Arc::new(FeedRecord::new(r))).collect());
         }
     }
 
