@@ -24,6 +24,9 @@ pub mod config;
 pub use netscript_cron as cron;
 #[cfg(feature = "embedded")]
 pub mod embedded;
+/// Entry points for the cargo-fuzz targets in `fuzz/`: not a stable API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod job;
 pub mod kv;
 pub mod metrics;

@@ -44,6 +44,7 @@ use axum::routing::{get, post};
 
 pub use error::ApiError;
 pub use routes::{DeadLetterInfo, JobInfo, TriggerEnvelope};
+pub(crate) use routes::parse_trigger_body;
 
 use crate::runtime::Runtime;
 

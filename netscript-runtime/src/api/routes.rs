@@ -118,7 +118,7 @@ const ENVELOPE_FIELDS: &[&str] =
     &["payload", "idempotencyKey", "concurrencyKey", "priority", "delay", "correlationId", "traceparent", "tracestate"];
 
 /// Splits a trigger body into payload and options.
-pub(super) fn parse_trigger_body(body: &[u8]) -> Result<(serde_json::Value, EnqueueOptions), ApiError> {
+pub(crate) fn parse_trigger_body(body: &[u8]) -> Result<(serde_json::Value, EnqueueOptions), ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok((serde_json::Value::Null, EnqueueOptions::default()));
     }
@@ -466,5 +466,26 @@ mod tests {
             parse_trigger_body(br#"{"payload":1,"priority":"high"}"#).unwrap_err().status,
             StatusCode::UNPROCESSABLE_ENTITY
         );
+    }
+
+    /// A payload travels as JSON text (body, then queue message, then the worker's parse): a
+    /// float must read back exactly as it was read, and as Rust reads its text. Both inputs
+    /// came out one step off before serde_json's `float_roundtrip` (found by
+    /// fuzz/trigger_body).
+    #[test]
+    fn floats_read_back_exactly_as_written() {
+        for (text, exact) in [
+            ("4221474836484227409934242", "4221474836484227409934242"),
+            ("4242290071424992.00071992547542", "4242290071424992.00071992547542"),
+            ("0.1", "0.1"),
+        ] {
+            let (payload, _) = parse_trigger_body(format!("{{\"x\":{text}}}").as_bytes()).unwrap();
+            let expected: f64 = exact.parse().unwrap();
+            let first = payload["x"].as_f64().unwrap();
+            assert_eq!(first.to_bits(), expected.to_bits(), "{text} read as {first}");
+            let again = serde_json::to_vec(&payload).unwrap();
+            let (reread, _) = parse_trigger_body(&again).unwrap();
+            assert_eq!(reread, payload, "{text}: {} read back as {reread}", String::from_utf8_lossy(&again));
+        }
     }
 }

@@ -92,7 +92,7 @@ impl HmacSpec {
 }
 
 /// `sha256=<hex>`, `<hex>`, or base64 (standard or URL-safe, padded or not) of 32 bytes.
-fn decode_signature(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_signature(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
     let text = text.strip_prefix("sha256=").unwrap_or(text);
     if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
