@@ -502,3 +502,35 @@ async fn topics_can_be_paused_and_resumed() {
     assert_eq!((status, body["paused"].as_bool()), (StatusCode::OK, Some(false)));
     assert!(rt.paused_topics().is_empty());
 }
+
+#[tokio::test]
+async fn topics_show_what_this_process_finished_in_the_last_minute() {
+    let rt = runtime().await;
+    let stop = netscript::CancellationToken::new();
+    let workers = tokio::spawn({
+        let (rt, stop) = (rt.clone(), stop.clone());
+        async move { rt.run_workers(stop).await }
+    });
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(rt.enqueue(charge::enqueue(Charge { order_id: format!("o{n}"), amount_cents: 1 })).await.unwrap());
+    }
+    ids.push(rt.enqueue(broken::enqueue()).await.unwrap());
+    for receipt in ids {
+        let r = rt.wait_for(receipt.execution_id, Duration::from_secs(10)).await.unwrap().unwrap();
+        assert!(r.status.is_final(), "{r:?}");
+    }
+    stop.cancel();
+    workers.await.unwrap();
+    let (status, topics) = call(&rt, Method::GET, "/api/v1/workers/topics", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let throughput = |name: &str| {
+        topics.as_array().unwrap().iter().find(|t| t["topic"] == name).map(|t| t["throughput"].clone()).unwrap()
+    };
+    // Three charges succeeded on `payments`; the broken job went dead on `default`.
+    assert_eq!(throughput("payments"), json!({ "windowSeconds": 60, "finished": 3, "perSecond": 0.05 }), "{topics}");
+    assert_eq!(throughput("default")["finished"], 1, "{topics}");
+    // The store-wide count (what the CLI's `topics` shows) agrees.
+    let finished = rt.finished_per_topic(Duration::from_secs(60)).await.unwrap();
+    assert_eq!((finished.get("payments"), finished.get("default")), (Some(&3), Some(&1)));
+}

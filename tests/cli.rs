@@ -72,6 +72,8 @@ async fn trigger_wait_reports_the_outcome_in_the_exit_code() {
     }
     assert_eq!(run(dir.path(), &["dead-letters"]).await, ExitCode::SUCCESS);
     assert_eq!(run(dir.path(), &["stats"]).await, ExitCode::SUCCESS);
+    assert_eq!(run(dir.path(), &["topics"]).await, ExitCode::SUCCESS);
+    assert_eq!(run(dir.path(), &["topics", "--json"]).await, ExitCode::SUCCESS);
     assert_eq!(run(dir.path(), &["redrive", &id]).await, ExitCode::SUCCESS);
     assert_eq!(rt.store().get(dead[0].message.id).await.unwrap().unwrap().status, ExecutionStatus::Queued);
     assert_eq!(run(dir.path(), &["redrive", &id]).await, ExitCode::FAILURE, "no longer a dead letter");

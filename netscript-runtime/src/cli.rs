@@ -154,6 +154,13 @@ pub enum Command {
     },
     /// Queue counts: ready, delayed, leased, dead.
     Stats,
+    /// Each topic: paused or not, its message counts, and the executions finished in the
+    /// last minute (read from the store: every process's work).
+    Topics {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop claiming a topic's messages, in every process on this store.
     Pause {
         /// The topic.
@@ -401,6 +408,48 @@ async fn execute(rt: &Runtime, command: Command) -> Result<ExitCode, String> {
         Command::Stats => {
             let stats = rt.queue().stats().await.map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topics { json } => {
+            let window = Duration::from_secs(crate::metrics::THROUGHPUT_WINDOW_SECS);
+            let counts = rt.queue().topic_stats().await.map_err(|e| e.to_string())?;
+            let finished = rt.finished_per_topic(window).await.map_err(|e| e.to_string())?;
+            let paused = rt.paused_topics();
+            let mut topics: Vec<String> = rt.registry().topics().into_iter().map(str::to_owned).collect();
+            topics.extend(counts.keys().chain(finished.keys()).chain(paused.iter()).cloned());
+            topics.sort();
+            topics.dedup();
+            let rows: Vec<serde_json::Value> = topics
+                .iter()
+                .map(|t| {
+                    let c = counts.get(t).copied().unwrap_or_default();
+                    serde_json::json!({
+                        "topic": t, "paused": paused.contains(t),
+                        "ready": c.ready, "delayed": c.delayed, "leased": c.leased, "dead": c.dead,
+                        "finishedLastMinute": finished.get(t).copied().unwrap_or(0),
+                    })
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<20} {:<6} {:>9} {:>9} {:>9} {:>9} {:>12}",
+                "TOPIC", "PAUSED", "READY", "DELAYED", "LEASED", "DEAD", "FINISHED/MIN"
+            );
+            for r in &rows {
+                println!(
+                    "{:<20} {:<6} {:>9} {:>9} {:>9} {:>9} {:>12}",
+                    r["topic"].as_str().unwrap_or_default(),
+                    if r["paused"].as_bool().unwrap_or(false) { "yes" } else { "no" },
+                    r["ready"],
+                    r["delayed"],
+                    r["leased"],
+                    r["dead"],
+                    r["finishedLastMinute"]
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Execution { id } => match rt.store().get(id).await.map_err(|e| e.to_string())? {

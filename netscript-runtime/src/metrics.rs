@@ -17,6 +17,10 @@
 //!
 //! Counters are atomics per topic; recording an attempt costs a few uncontended atomic adds
 //! and a read-locked map lookup.
+//!
+//! Throughput per topic ([`Metrics::throughput`], shown by `GET /api/v1/workers/topics` and
+//! the CLI's `topics`): executions this process's workers finished (succeeded, dead or
+//! cancelled) in the last [`THROUGHPUT_WINDOW_SECS`] seconds, counted in one-second slots.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -65,6 +69,51 @@ impl Histogram {
     }
 }
 
+/// The window of [`Metrics::throughput`], in seconds.
+pub const THROUGHPUT_WINDOW_SECS: u64 = 60;
+
+/// Events per second over the last [`THROUGHPUT_WINDOW_SECS`] seconds, lock-free: one slot per
+/// second of the window, each an atomic holding the second it counts (high 32 bits) and its
+/// count (low 32 bits); a slot is reset by the first event of a new second.
+#[derive(Debug)]
+pub struct Rate {
+    slots: [AtomicU64; THROUGHPUT_WINDOW_SECS as usize],
+}
+
+impl Default for Rate {
+    fn default() -> Self {
+        Self { slots: std::array::from_fn(|_| AtomicU64::new(0)) }
+    }
+}
+
+impl Rate {
+    /// Counts one event at `now` (Unix seconds).
+    pub fn record(&self, now: u64) {
+        let slot = &self.slots[(now % THROUGHPUT_WINDOW_SECS) as usize];
+        let second = now & 0xffff_ffff;
+        // `fetch_update` retries only when another event of the same slot raced this one.
+        let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(if v >> 32 == second { v + 1 } else { (second << 32) | 1 })
+        });
+    }
+
+    /// Events in the window that ends with second `now` (Unix seconds), `now` included.
+    pub fn count(&self, now: u64) -> u64 {
+        let oldest = now.saturating_sub(THROUGHPUT_WINDOW_SECS - 1) & 0xffff_ffff;
+        let now = now & 0xffff_ffff;
+        self.slots
+            .iter()
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .filter(|v| (oldest..=now).contains(&(v >> 32)))
+            .map(|v| v & 0xffff_ffff)
+            .sum()
+    }
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// The counters and histograms of one topic.
 #[derive(Debug, Default)]
 pub struct TopicMetrics {
@@ -84,6 +133,8 @@ pub struct TopicMetrics {
     pub duration: Histogram,
     /// Enqueue to first start.
     pub pickup: Histogram,
+    /// Executions finished (succeeded, dead or cancelled), per second.
+    pub finished: Rate,
 }
 
 /// How an attempt ended, for the counters.
@@ -145,6 +196,22 @@ impl Metrics {
             AttemptEnd::Other => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if end != AttemptEnd::Retried {
+            topic.finished.record(unix_seconds());
+        }
+    }
+
+    /// Executions this process's workers finished per topic in the last
+    /// [`THROUGHPUT_WINDOW_SECS`] seconds (topics with none are left out).
+    pub fn throughput(&self) -> BTreeMap<String, u64> {
+        let now = unix_seconds();
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(topic, m)| (topic.clone(), m.finished.count(now)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// The text exposition (format 0.0.4), with the queue's depth per topic.
@@ -222,5 +289,25 @@ mod tests {
         assert!(text.contains("netscript_job_duration_seconds_bucket{topic=\"pay\\\"ments\",le=\"+Inf\"} 2"), "{text}");
         assert!(text.contains("netscript_job_pickup_latency_seconds_count{topic=\"pay\\\"ments\"} 1"), "{text}");
         assert!(text.contains("netscript_active_runners 0"), "{text}");
+        // The retried attempt is not a finished execution; the success is.
+        assert_eq!(metrics.throughput().get("pay\"ments"), Some(&1));
+    }
+
+    #[test]
+    fn a_rate_counts_the_last_minute_only() {
+        let rate = Rate::default();
+        let start = 1_800_000_000;
+        for second in start..start + 90 {
+            for _ in 0..(second - start) % 3 {
+                rate.record(second);
+            }
+        }
+        let now = start + 89;
+        let expected: u64 = (now - 59..=now).map(|s| (s - start) % 3).sum();
+        assert_eq!(rate.count(now), expected);
+        // A minute of silence later nothing is left; a slot reused by a new second restarts.
+        assert_eq!(rate.count(now + 60), 0);
+        rate.record(now + 61);
+        assert_eq!(rate.count(now + 61), 1);
     }
 }

@@ -21,7 +21,7 @@ use crate::scheduler::{
     Clock, SCHEDULES, ScheduleDescriptor, ScheduleSetError, Scheduler, SchedulerError, SystemClock, check_schedules,
 };
 use crate::shutdown::{ShutdownManager, ShutdownReport};
-use crate::store::{ExecutionId, ExecutionRecord, ExecutionStatus, ExecutionStore, StoreError};
+use crate::store::{ExecutionFilter, ExecutionId, ExecutionRecord, ExecutionStatus, ExecutionStore, StoreError};
 use crate::tasks::{TaskDefinition, TaskTable};
 use crate::time::Timestamp;
 use crate::webhook::{ArmedWebhook, WEBHOOKS, WebhookDescriptor, arm_webhooks};
@@ -75,6 +75,9 @@ pub const SHUTDOWN_APP: i32 = 100;
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Records read per prune batch.
 const PRUNE_BATCH: usize = 1000;
+
+/// Most records [`Runtime::finished_per_topic`] reads.
+pub const RECENT_SCAN: usize = 10_000;
 
 /// Prunes ended executions past their retention (each job's topic's group, or the process's)
 /// shortly after the workers start, then every [`PRUNE_EVERY`], until `stop` fires. Several
@@ -933,6 +936,29 @@ impl Runtime {
     /// The paused topics, as this process last read them from the store.
     pub fn paused_topics(&self) -> std::collections::HashSet<String> {
         self.inner.paused.get()
+    }
+
+    /// Executions that finished (succeeded, dead or cancelled) in the last `window`, per
+    /// topic, according to the store: what every process on it did, unlike
+    /// [`Metrics::throughput`](crate::metrics::Metrics::throughput), which counts this
+    /// process's workers. It reads the newest [`RECENT_SCAN`] records, so under a heavier flow
+    /// it counts only the ones among them. Jobs this binary does not know are under `?`.
+    pub async fn finished_per_topic(
+        &self,
+        window: Duration,
+    ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let since = Timestamp::now().as_millis().saturating_sub(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
+        let filter = ExecutionFilter { limit: Some(RECENT_SCAN), ..ExecutionFilter::default() };
+        let mut out = std::collections::BTreeMap::new();
+        for r in self.inner.store.list(&filter).await? {
+            let finished =
+                matches!(r.status, ExecutionStatus::Succeeded | ExecutionStatus::Dead | ExecutionStatus::Cancelled);
+            if finished && r.finished_at.is_some_and(|t| t.as_millis() >= since) {
+                let topic = self.inner.registry.get(&r.job_id).map_or("?", |j| j.topic);
+                *out.entry(topic.to_owned()).or_default() += 1;
+            }
+        }
+        Ok(out)
     }
 
     /// Cancels an execution: a waiting one is removed from the queue; a running one gets its

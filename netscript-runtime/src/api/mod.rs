@@ -13,7 +13,7 @@
 //! | `POST /api/v1/workers/dead-letters/{id}/redrive` | put one back in the queue |
 //! | `POST /api/v1/workers/dead-letters/redrive` | put them all back |
 //! | `GET /api/v1/workers/queue` | queue counts: ready, delayed, leased, dead |
-//! | `GET /api/v1/workers/topics` | each topic: paused or not, ready, delayed, leased, dead |
+//! | `GET /api/v1/workers/topics` | each topic: paused or not, ready, delayed, leased, dead, and `throughput` (executions this process's workers finished in the last 60 s) |
 //! | `POST /api/v1/workers/topics/{topic}/pause`, `.../resume` | stop or restart claiming a topic |
 //! | `GET /api/v1/workers/subscribe?job=&execution=` | execution changes as server-sent events |
 //! | `GET /api/v1/workers/schedules` | registered schedules: expression, timezone, next five fire times |
@@ -43,8 +43,8 @@ use axum::middleware;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
-pub use routes::{DeadLetterInfo, JobInfo, TriggerEnvelope};
 pub(crate) use routes::parse_trigger_body;
+pub use routes::{DeadLetterInfo, JobInfo, TriggerEnvelope};
 
 use crate::runtime::Runtime;
 

@@ -157,7 +157,10 @@ pub fn document(rt: &Runtime) -> Value {
     let topic_state = json!({ "type": "object", "required": ["topic", "paused"], "properties": {
         "topic": { "type": "string" }, "paused": { "type": "boolean" },
         "ready": { "type": "integer" }, "delayed": { "type": "integer" },
-        "leased": { "type": "integer" }, "dead": { "type": "integer" } } });
+        "leased": { "type": "integer" }, "dead": { "type": "integer" },
+        "throughput": { "type": "object", "description": "Executions this process's workers finished (succeeded, dead or cancelled) in the last windowSeconds",
+            "required": ["windowSeconds", "finished", "perSecond"], "properties": {
+            "windowSeconds": { "type": "integer" }, "finished": { "type": "integer" }, "perSecond": { "type": "number" } } } } });
     paths.insert(
         "/api/v1/workers/topics".into(),
         json!({ "get": {

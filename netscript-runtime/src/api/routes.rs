@@ -357,9 +357,12 @@ pub(super) async fn queue_stats(State(rt): State<Runtime>) -> Result<Json<crate:
 pub(super) async fn list_topics(State(rt): State<Runtime>) -> Result<Json<serde_json::Value>, ApiError> {
     let paused = rt.paused_topics();
     let counts = rt.queue().topic_stats().await.map_err(queue_error)?;
+    let throughput = rt.metrics().throughput();
+    let window = crate::metrics::THROUGHPUT_WINDOW_SECS;
     let mut topics: Vec<String> = rt.registry().topics().into_iter().map(str::to_owned).collect();
     topics.extend(paused.iter().cloned());
     topics.extend(counts.keys().cloned());
+    topics.extend(throughput.keys().cloned());
     topics.sort();
     topics.dedup();
     Ok(Json(serde_json::Value::Array(
@@ -370,6 +373,11 @@ pub(super) async fn list_topics(State(rt): State<Runtime>) -> Result<Json<serde_
                 serde_json::json!({
                     "topic": t, "paused": paused.contains(&t),
                     "ready": c.ready, "delayed": c.delayed, "leased": c.leased, "dead": c.dead,
+                    "throughput": {
+                        "windowSeconds": window,
+                        "finished": throughput.get(&t).copied().unwrap_or(0),
+                        "perSecond": throughput.get(&t).map_or(0.0, |n| *n as f64 / window as f64),
+                    },
                 })
             })
             .collect(),
