@@ -17,8 +17,8 @@ mod verify;
 use std::collections::HashMap;
 
 pub use event::{WebhookError, WebhookEvent, WebhookFn, WebhookFuture, WebhookRequest, decode};
-pub use verify::{DEFAULT_SIGNATURE_HEADER, DEFAULT_TOLERANCE, HmacSpec, Verifier, VerifyError, sign_hex};
 pub(crate) use verify::decode_signature;
+pub use verify::{DEFAULT_SIGNATURE_HEADER, DEFAULT_TOLERANCE, HmacSpec, Verifier, VerifyError, sign_hex};
 
 use crate::job::Location;
 
