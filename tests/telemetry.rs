@@ -1,7 +1,8 @@
 //! OpenTelemetry end to end: a real OTLP receiver runs in-process (OTLP/HTTP with protobuf
 //! bodies, and OTLP/gRPC), the exporter is pointed at it, a job is triggered over the HTTP API
-//! with a W3C traceparent, and the spans that arrive must form one trace: the attempt span is
-//! a child of the given parent, the span the handler opens is a child of the attempt span.
+//! with a W3C traceparent, and the spans that arrive must form one trace: the enqueue span is
+//! a child of the given parent, the attempt span a child of the enqueue span, the span the
+//! handler opens a child of the attempt span.
 //!
 //! Each test runs its own current-thread runtime with its own subscriber set on that thread
 //! (every task of the app runs there), so the two never see each other's spans.
@@ -199,17 +200,28 @@ fn one_trace_end_to_end(protocol: OtlpProtocol, carrier: Carrier) {
                 s.name == "job" && attributes(s).get("execution.id") == Some(&Value::StringValue(execution_id.clone()))
             });
             let work = spans.iter().find(|(_, s)| s.name == "handler.work");
-            if let (Some(a), Some(w)) = (attempt, work) {
-                found = Some((a.clone(), w.clone()));
+            let enqueue = spans.iter().find(|(_, s)| {
+                s.name == "enqueue"
+                    && attributes(s).get("execution.id") == Some(&Value::StringValue(execution_id.clone()))
+            });
+            if let (Some(a), Some(w), Some(e)) = (attempt, work, enqueue) {
+                found = Some((a.clone(), w.clone(), e.clone()));
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let ((attempt_service, attempt), (_, work)) = found.expect("the attempt and handler spans were not exported");
+        let ((attempt_service, attempt), (_, work), (_, enqueue)) =
+            found.expect("the enqueue, attempt and handler spans were not exported");
 
         assert_eq!(attempt_service, service);
+        assert_eq!(hex(&enqueue.trace_id), TRACE_ID, "the enqueue joins the trace of the traceparent");
+        assert_eq!(hex(&enqueue.parent_span_id), PARENT_ID, "the enqueue's parent is the traceparent's span");
+        let enqueued = attributes(&enqueue);
+        assert_eq!(enqueued.get("job.id"), Some(&Value::StringValue("traced".into())));
+        assert_eq!(enqueued.get("queue.provider"), Some(&Value::StringValue("memory".into())));
+        assert_eq!(enqueued.get("outcome"), Some(&Value::StringValue("created".into())));
         assert_eq!(hex(&attempt.trace_id), TRACE_ID, "the attempt joins the trace of the traceparent");
-        assert_eq!(hex(&attempt.parent_span_id), PARENT_ID, "the attempt's parent is the traceparent's span");
+        assert_eq!(attempt.parent_span_id, enqueue.span_id, "the attempt's parent is the enqueue span");
         let attrs = attributes(&attempt);
         assert_eq!(attrs.get("job.id"), Some(&Value::StringValue("traced".into())));
         assert_eq!(attrs.get("attempt"), Some(&Value::IntValue(1)));

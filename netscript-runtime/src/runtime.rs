@@ -538,11 +538,52 @@ impl Runtime {
         self.inner.registry.get(id).ok_or_else(|| EnqueueError::UnknownJob(id.into()))
     }
 
+    /// Enqueues prepared jobs inside an `enqueue` span (job id, execution id when one, count,
+    /// queue provider, outcome), so the enqueue is part of the caller's trace.
     async fn enqueue_prepared(
         &self,
         jobs: Vec<(&'static JobDescriptor, serde_json::Value, EnqueueOptions)>,
     ) -> Result<Vec<Receipt>, EnqueueError> {
+        let single = jobs.len() == 1;
+        let span = tracing::info_span!(
+            "enqueue",
+            job.id = jobs.first().map_or("", |(j, _, _)| j.id),
+            execution.id = tracing::field::Empty,
+            count = jobs.len(),
+            queue.provider = self.inner.queue.provider(),
+            outcome = tracing::field::Empty,
+        );
+        // One job enqueued for a caller elsewhere (an HTTP trigger's traceparent): the span
+        // joins that trace. A batch stays in the current one.
+        if single && let Some((_, _, options)) = jobs.first() {
+            crate::telemetry::set_remote_parent(&span, options.traceparent.as_deref(), options.tracestate.as_deref());
+        }
+        let result = tracing::Instrument::instrument(self.enqueue_in_span(jobs, &span, single), span.clone()).await;
+        match &result {
+            Ok(receipts) => {
+                let outcome = if receipts.iter().all(|r| r.duplicate) { "duplicate" } else { "created" };
+                span.record("outcome", outcome);
+                if let [receipt] = receipts.as_slice() {
+                    span.record("execution.id", tracing::field::display(receipt.execution_id));
+                }
+            }
+            Err(_) => {
+                span.record("outcome", "failed");
+            }
+        }
+        result
+    }
+
+    async fn enqueue_in_span(
+        &self,
+        jobs: Vec<(&'static JobDescriptor, serde_json::Value, EnqueueOptions)>,
+        span: &tracing::Span,
+        single: bool,
+    ) -> Result<Vec<Receipt>, EnqueueError> {
         let now = Timestamp::now();
+        // The enqueue span's own context, which the jobs carry so their attempts nest under
+        // it (`None` when telemetry is off: nothing to carry but the caller's).
+        let own = crate::telemetry::span_traceparent(span);
         let mut messages = Vec::with_capacity(jobs.len());
         let mut records = Vec::with_capacity(jobs.len());
         for (job, payload, options) in jobs {
@@ -552,9 +593,14 @@ impl Runtime {
             if let Some(c) = &options.correlation_id {
                 headers.push((crate::worker::CORRELATION_HEADER.to_owned(), c.clone()));
             }
-            // The caller's trace, when it gave none: the job joins the trace of the code that
-            // enqueued it (free when telemetry is off).
-            if let Some(t) = options.traceparent.clone().or_else(crate::telemetry::current_traceparent) {
+            // The trace the attempt joins: under the enqueue span when telemetry is on (in a
+            // batch, a job with a trace of its own keeps it); the caller's otherwise.
+            let traceparent = match (&own, options.traceparent.clone()) {
+                (Some(own), None) => Some(own.clone()),
+                (Some(own), Some(_)) if single => Some(own.clone()),
+                (_, explicit) => explicit,
+            };
+            if let Some(t) = traceparent {
                 headers.push((crate::worker::TRACEPARENT_HEADER.to_owned(), t));
             }
             if let Some(t) = &options.tracestate {
