@@ -525,3 +525,73 @@ async fn a_corrupt_store_is_a_startup_error_naming_the_file() {
     assert!(matches!(e, StartupError::Backend { provider: "embedded", .. }), "{e}");
     assert!(e.to_string().contains(&file.display().to_string()), "{e}");
 }
+
+/// An execution id created `days_ago` (a UUIDv7 whose timestamp is then).
+fn id_from_days_ago(days_ago: u64, n: u64) -> netscript::ExecutionId {
+    let ms = netscript::time::Timestamp::now().as_millis() - days_ago * 86_400_000;
+    format!("{:08x}-{:04x}-7000-8000-{n:012x}", ms >> 16, ms & 0xffff).parse().unwrap()
+}
+
+/// A record of the `tick` job created and (if `status` is final) ended `days_ago`.
+fn old_record(days_ago: u64, n: u64, status: ExecutionStatus) -> netscript::ExecutionRecord {
+    let id = id_from_days_ago(days_ago, n);
+    let at = netscript::time::Timestamp(netscript::time::Timestamp::now().as_millis() - days_ago * 86_400_000);
+    netscript::ExecutionRecord {
+        id,
+        job_id: "tick".into(),
+        status,
+        attempt: 1,
+        max_attempts: 1,
+        payload: serde_json::Value::Null,
+        result: None,
+        error: None,
+        progress: None,
+        correlation_id: id.to_string(),
+        enqueued_at: at,
+        started_at: Some(at),
+        finished_at: status.is_final().then_some(at),
+        retry_at: None,
+        attempts: Vec::new(),
+        updated_at: at,
+    }
+}
+
+/// The workers' background pruner deletes ended records past their retention on its own,
+/// shortly after the workers start, and keeps the recent ones and those still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_prune_ended_history_past_its_retention() {
+    let rt = Runtime::builder()
+        .ignore_env()
+        .provider(QueueProvider::Memory)
+        .state(Greeter { greeting: "hello" })
+        .configure(|c| c.retention.kv_days = 2)
+        .build()
+        .await
+        .unwrap();
+    let expired = old_record(3, 1, ExecutionStatus::Succeeded);
+    let dead = old_record(5, 2, ExecutionStatus::Dead);
+    let running = old_record(3, 3, ExecutionStatus::Running);
+    let recent = old_record(1, 4, ExecutionStatus::Succeeded);
+    rt.store().put_many(vec![expired.clone(), dead.clone(), running.clone(), recent.clone()]).await.unwrap();
+
+    let stop = CancellationToken::new();
+    let workers = tokio::spawn({
+        let (rt, stop) = (rt.clone(), stop.clone());
+        async move { rt.run_workers(stop).await }
+    });
+    // The first pass comes 5 s after the start.
+    let mut gone = false;
+    for _ in 0..150 {
+        let store = rt.store();
+        if store.get(expired.id).await.unwrap().is_none() && store.get(dead.id).await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    workers.await.unwrap();
+    assert!(gone, "the ended records past 2 days were not pruned within 15 s");
+    assert_eq!(rt.store().get(running.id).await.unwrap().map(|r| r.status), Some(ExecutionStatus::Running));
+    assert_eq!(rt.store().get(recent.id).await.unwrap().map(|r| r.status), Some(ExecutionStatus::Succeeded));
+}
