@@ -150,10 +150,9 @@ async fn claims_that_fail_are_retried_and_every_job_still_runs() {
     assert_eq!((s.ready, s.leased, s.dead), (0, 0, 0), "{s:?}");
 }
 
-#[tokio::test]
-async fn results_that_cannot_be_recorded_are_not_acked_and_the_jobs_run_again() {
-    let kv = Arc::new(FlakyWrites { inner: MemoryKv::new(), failing: AtomicU32::new(0) });
-    let rt = Runtime::builder()
+/// A runtime whose store refuses writes while `kv.failing` is above zero, with a short lease.
+async fn flaky_store_runtime(kv: &Arc<FlakyWrites>) -> Runtime {
+    Runtime::builder()
         .ignore_env()
         .queue(Arc::new(MemoryQueue::new()))
         .kv(kv.clone())
@@ -162,22 +161,46 @@ async fn results_that_cannot_be_recorded_are_not_acked_and_the_jobs_run_again() 
         .configure(|c| c.lease = Duration::from_millis(300))
         .build()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// How many of `ids` ran more than once.
+async fn reruns(rt: &Runtime, ids: &[netscript::ExecutionId]) -> u32 {
+    let mut n = 0;
+    for &id in ids {
+        n += u32::from(rt.store().get(id).await.unwrap().unwrap().attempt > 1);
+    }
+    n
+}
+
+#[tokio::test]
+async fn results_that_cannot_be_recorded_for_a_moment_are_kept_and_recorded_without_a_rerun() {
+    let kv = Arc::new(FlakyWrites { inner: MemoryKv::new(), failing: AtomicU32::new(0) });
+    let rt = flaky_store_runtime(&kv).await;
     let ids: Vec<_> =
         rt.enqueue_many((0..5).map(count::enqueue).collect()).await.unwrap().iter().map(|r| r.execution_id).collect();
     // The queued records are in; the next two writes (the workers' results) fail.
     kv.failing.store(2, Ordering::SeqCst);
     run_until_recorded(&rt, &ids).await;
     assert_eq!(kv.failing.load(Ordering::SeqCst), 0, "the record writes did fail");
-    // The runs whose records were lost ran again, and were recorded the second time.
-    let reruns = {
-        let mut n = 0;
-        for &id in &ids {
-            n += u32::from(rt.store().get(id).await.unwrap().unwrap().attempt > 1);
-        }
-        n
-    };
-    assert!(reruns >= 1, "a lost record means the job ran again");
+    // The recorder kept the results and wrote them on a later try, within their leases.
+    assert_eq!(reruns(&rt, &ids).await, 0, "a kept result means the job did not run again");
+    let s = rt.queue().stats().await.unwrap();
+    assert_eq!((s.ready, s.leased, s.dead), (0, 0, 0), "{s:?}");
+}
+
+#[tokio::test]
+async fn results_that_cannot_be_recorded_within_their_lease_are_not_acked_and_the_jobs_run_again() {
+    let kv = Arc::new(FlakyWrites { inner: MemoryKv::new(), failing: AtomicU32::new(0) });
+    let rt = flaky_store_runtime(&kv).await;
+    let ids: Vec<_> =
+        rt.enqueue_many((0..5).map(count::enqueue).collect()).await.unwrap().iter().map(|r| r.execution_id).collect();
+    // More failed writes than the tries one lease allows (50, 100, 200 ms apart): the first
+    // results are given up, their messages stay unsettled and run again.
+    kv.failing.store(8, Ordering::SeqCst);
+    run_until_recorded(&rt, &ids).await;
+    assert_eq!(kv.failing.load(Ordering::SeqCst), 0, "the record writes did fail");
+    assert!(reruns(&rt, &ids).await >= 1, "a result given up means the job ran again");
     let s = rt.queue().stats().await.unwrap();
     assert_eq!((s.ready, s.leased, s.dead), (0, 0, 0), "{s:?}");
 }

@@ -29,8 +29,19 @@
 //! Leases: the holder's process owns the lapse. A local timer ends a lease that was not
 //! extended: the record goes back to waiting, then the delivery is nacked with requeue, and
 //! the old holder's settlement is stale. A crashed process's unacked deliveries come back from
-//! the broker as soon as its connection drops. After a reconnect (a supervisor task re-opens
-//! the connection and re-subscribes), the leases of the dead connection are stale.
+//! the broker as soon as its connection drops.
+//!
+//! A connection cut (the broker restarting, a network fault) keeps the leases of the dead
+//! connection as orphans: their records still say leased with their token, and their jobs
+//! go on. A supervisor task re-opens the connection with backoff (100 ms doubling to 2 s) and
+//! re-subscribes; the broker then redelivers the unacked messages, and a redelivered copy of
+//! an orphan (same copy generation) is adopted: the lease takes its new delivery tag and
+//! stays valid with the same token, so a result produced meanwhile is settled, not run again.
+//! `extend` and `settle` wait for the orphans they name to be adopted or given up; an orphan
+//! is given up (stale) when its lease ends, or when its copy has not come back shortly after
+//! the reconnect (a quarter of the lease, at most 2 s: another process got it and claims it
+//! with a new token). A given-up orphan writes nothing to the KV: a claim of its copy takes
+//! the record over, and its `leased` index entry expires with its TTL.
 //!
 //! Concurrency keys: a lock entry in the KV (expiring with the lease) says which message holds
 //! a key. A delivery whose key is held stays parked in the buffer, skipped by claims; when
@@ -109,6 +120,13 @@ const PARK_DELAY: Duration = Duration::from_secs(1);
 
 /// How often the known topics are re-read from the KV for claims on every topic.
 const TOPIC_REFRESH: Duration = Duration::from_secs(1);
+
+/// How long after a reconnect an orphaned lease waits for its message to be redelivered
+/// here, at most (a quarter of the lease when that is shorter).
+const ORPHAN_GRACE: Duration = Duration::from_secs(2);
+
+/// Longest pause between two attempts to re-open a dropped connection.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 // ---------------------------------------------------------------------------------------
 // Options
@@ -444,6 +462,12 @@ struct Local {
     /// Topics of the last claim (`None`: every topic).
     wanted: Option<Vec<String>>,
     arrivals: u64,
+    /// Whether the connection of `epoch` is up.
+    live: bool,
+    /// Leases held on a connection that dropped, waiting for their messages to come back.
+    orphaned: HashSet<MessageId>,
+    /// When the connection was last re-opened.
+    reconnected_at: Option<Instant>,
 }
 
 impl Local {
@@ -462,6 +486,7 @@ impl Local {
     }
 
     fn take_lease(&mut self, id: MessageId) -> Option<Held> {
+        self.orphaned.remove(&id);
         let held = self.leases.remove(&id)?;
         self.due.remove(&(held.until, id));
         if let Some(n) = self.leased_per_topic.get_mut(&held.meta.topic) {
@@ -482,16 +507,43 @@ impl Local {
         }
     }
 
-    /// Forgets everything tied to the connection of `epoch`: its delivery tags are void.
-    fn wipe(&mut self) -> Vec<Held> {
+    /// Forgets the deliveries of the connection that dropped (their tags are void) and keeps
+    /// its leases as orphans; returns how many leases are orphaned.
+    fn wipe(&mut self) -> usize {
+        self.live = false;
         self.buffers.clear();
         self.by_id.clear();
-        self.held_keys.clear();
-        self.due.clear();
-        self.leased_per_topic.clear();
         self.expect.clear();
         self.resubscribe.extend(self.consumers.drain());
-        self.leases.drain().map(|(_, h)| h).collect()
+        // Buffered deliveries give their keys up; leases keep theirs.
+        self.held_keys = self.leases.values().filter_map(|h| h.meta.ck.clone()).collect();
+        self.orphaned.extend(self.leases.keys().copied());
+        self.orphaned.len()
+    }
+
+    /// When an orphan is given up: at the end of its lease, or shortly after the reconnect if
+    /// its message has not come back by then.
+    fn orphan_deadline(&self, held: &Held) -> Instant {
+        match self.reconnected_at.filter(|_| self.live) {
+            Some(at) => held.until.min(at + ORPHAN_GRACE.min(held.ttl / 4)),
+            None => held.until,
+        }
+    }
+
+    /// Gives up the orphans past their deadline; returns how many.
+    fn drop_expired_orphans(&mut self, now: Instant) -> usize {
+        let expired: Vec<MessageId> = self
+            .orphaned
+            .iter()
+            .filter(|id| self.leases.get(id).is_none_or(|h| self.orphan_deadline(h) <= now))
+            .copied()
+            .collect();
+        for id in &expired {
+            if let Some(held) = self.take_lease(*id) {
+                self.release_key(&held.meta.ck);
+            }
+        }
+        expired.len()
     }
 }
 
@@ -550,6 +602,8 @@ struct Shared {
     local: Mutex<Local>,
     work: Notify,
     broken: Notify,
+    /// Woken when an orphaned lease is adopted or given up, and at a reconnect.
+    orphans: Notify,
     stale: AtomicU64,
     /// Orders this process's writes of its lease entries: an extension holds it exclusively
     /// from its check of the local lease to its KV write, settlements and lapses share it for
@@ -595,6 +649,7 @@ impl AmqpQueue {
             local: Mutex::default(),
             work: Notify::new(),
             broken: Notify::new(),
+            orphans: Notify::new(),
             stale: AtomicU64::new(0),
             lease_writes: tokio::sync::RwLock::new(()),
             seq: AtomicU64::new(0),
@@ -746,6 +801,8 @@ impl Shared {
         let resubscribe: Vec<String> = {
             let mut local = lock(&self.local);
             local.epoch = link.epoch;
+            local.live = true;
+            local.reconnected_at = Some(Instant::now());
             local.resubscribe.drain().collect()
         };
         lock(&self.declared).clear();
@@ -754,6 +811,8 @@ impl Shared {
         if !resubscribe.is_empty() {
             self.ensure_consumers(&link, &resubscribe).await?;
         }
+        // Orphans now have a deadline for their messages to come back.
+        self.orphans.notify_waiters();
         self.wake();
         Ok(link)
     }
@@ -774,8 +833,9 @@ impl Shared {
     }
 
     /// Drops the connection of `epoch`: its deliveries are void; the broker gives them back.
+    /// Its leases are kept as orphans (see the module docs).
     fn mark_broken(self: &Arc<Self>, epoch: u64, why: &str) {
-        let lost = {
+        let orphaned = {
             let mut link = lock(&self.link);
             if link.as_ref().is_none_or(|l| l.epoch != epoch) {
                 return;
@@ -787,17 +847,12 @@ impl Shared {
             }
             local.wipe()
         };
-        tracing::warn!(queue = %self.name, reason = why, lost_leases = lost.len(), "amqp connection lost");
-        if !lost.is_empty() {
-            // The records still say leased; put them back to waiting so they are not counted
-            // as leased (the broker redelivers the messages).
-            let me = Arc::clone(self);
-            tokio::spawn(async move {
-                if let Err(e) = me.unlease_in_kv(&lost).await {
-                    tracing::warn!(error = %e, "cannot reset the leases of a lost connection");
-                }
-            });
-        }
+        tracing::warn!(
+            queue = %self.name,
+            reason = why,
+            orphaned_leases = orphaned,
+            "amqp connection lost; reconnecting, running jobs keep their leases until their messages come back"
+        );
         self.broken.notify_one();
         self.wake();
     }
@@ -1053,6 +1108,21 @@ impl Shared {
         if let Some(e) = local.expect.get_mut(topic) {
             e.arrived(meta.id, Instant::now());
         }
+        // The copy of a lease whose connection dropped: the lease adopts it and stays valid.
+        if local.orphaned.contains(&meta.id)
+            && let Some(held) = local.leases.get_mut(&meta.id)
+            && held.meta.generation == meta.generation
+        {
+            held.tag = tag;
+            held.epoch = epoch;
+            if let Some(k) = held.meta.ck.clone() {
+                local.held_keys.insert(k);
+            }
+            local.orphaned.remove(&meta.id);
+            drop(local);
+            self.orphans.notify_waiters();
+            return None;
+        }
         // A second copy of a message already here: keep the newer generation.
         if let Some(held) = local.leases.get(&meta.id)
             && held.meta.generation >= meta.generation
@@ -1226,10 +1296,12 @@ impl Shared {
     }
 
     /// Ends the leases whose time is up: record back to waiting, then nack with requeue.
+    /// Orphans past their deadline are given up without a write (see the module docs).
     async fn lapse_due(self: &Arc<Self>) {
         let now = Instant::now();
-        let lapsed: Vec<Held> = {
+        let (lapsed, given_up) = {
             let mut local = lock(&self.local);
+            let given_up = if local.orphaned.is_empty() { 0 } else { local.drop_expired_orphans(now) };
             let mut out = Vec::new();
             while let Some(&(until, id)) = local.due.first() {
                 if until > now {
@@ -1241,8 +1313,16 @@ impl Shared {
                     out.push(held);
                 }
             }
-            out
+            (out, given_up)
         };
+        if given_up > 0 {
+            tracing::warn!(
+                queue = %self.name,
+                given_up,
+                "leases of a dropped connection given up: their messages did not come back here"
+            );
+            self.orphans.notify_waiters();
+        }
         if lapsed.is_empty() {
             return;
         }
@@ -1257,6 +1337,41 @@ impl Shared {
             self.send_acks(epoch, topic, &tags, true).await;
         }
         self.wake();
+    }
+
+    /// Waits until none of `ids` is an orphaned lease: each is adopted by its redelivered copy
+    /// or given up (see the module docs).
+    async fn await_orphans(&self, ids: impl Iterator<Item = MessageId>) {
+        let ids: Vec<MessageId> = {
+            let local = lock(&self.local);
+            if local.orphaned.is_empty() {
+                return;
+            }
+            ids.filter(|id| local.orphaned.contains(id)).collect()
+        };
+        loop {
+            let notified = self.orphans.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = {
+                let mut local = lock(&self.local);
+                let now = Instant::now();
+                let given_up = local.drop_expired_orphans(now);
+                if given_up > 0 {
+                    self.orphans.notify_waiters();
+                }
+                ids.iter()
+                    .filter(|id| local.orphaned.contains(id))
+                    .filter_map(|id| local.leases.get(id).map(|h| local.orphan_deadline(h)))
+                    .min()
+            };
+            let Some(deadline) = next else { return };
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                () = self.stop.cancelled() => return,
+            }
+        }
     }
 
     /// Counts a refused settlement or extension; returns the new local total.
@@ -1497,7 +1612,12 @@ impl Shared {
                         meta: b.meta,
                         payload: b.payload,
                     };
-                    local.put_lease(held.meta.id, held);
+                    let id = held.meta.id;
+                    local.put_lease(id, held);
+                    if !local.live {
+                        // The connection dropped after the pick: the message comes back.
+                        local.orphaned.insert(id);
+                    }
                 }
             }
             self.unpick(blocked, Some(now + REMOTE_LOCK_BACKOFF));
@@ -1787,7 +1907,7 @@ async fn supervisor(weak: Weak<Shared>, stop: CancellationToken) {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(MAX_RECONNECT_DELAY);
             }
         }
     }
@@ -1966,13 +2086,17 @@ impl Queue for AmqpQueue {
         let mut out = Vec::with_capacity(leases.len());
         let mut write = AtomicWrite::new();
         let mut stale = 0;
+        s.await_orphans(leases.iter().map(|l| l.message_id)).await;
         // Held until the write lands: a settlement that takes a lease after this check writes
         // its deletion after this write.
         let _order = s.lease_writes.write().await;
         {
             let mut local = lock(&s.local);
             for l in leases {
-                let Some(old) = local.leases.get(&l.message_id).filter(|h| h.token == l.token).map(|h| h.until) else {
+                let current = local.leases.get(&l.message_id).filter(|h| h.token == l.token);
+                // An orphan still waiting here means the queue is closing: refuse it.
+                let current = current.filter(|_| !local.orphaned.contains(&l.message_id));
+                let Some(old) = current.map(|h| h.until) else {
                     stale += 1;
                     out.push(Settled::Stale);
                     continue;
@@ -2002,11 +2126,13 @@ impl Queue for AmqpQueue {
         let mut out = Vec::with_capacity(settlements.len());
         let mut valid: Vec<(Settlement, Held)> = Vec::new();
         let mut stale = 0;
+        s.await_orphans(settlements.iter().map(|st| st.lease().message_id)).await;
         {
             let mut local = lock(&s.local);
             for settlement in settlements {
                 let lease = *settlement.lease();
-                let current = local.leases.get(&lease.message_id).is_some_and(|h| h.token == lease.token);
+                let current = local.leases.get(&lease.message_id).is_some_and(|h| h.token == lease.token)
+                    && !local.orphaned.contains(&lease.message_id);
                 match current.then(|| local.take_lease(lease.message_id)).flatten() {
                     Some(held) => {
                         valid.push((settlement, held));
@@ -2031,7 +2157,12 @@ impl Queue for AmqpQueue {
             let mut local = lock(&s.local);
             for (_, held) in valid {
                 if held.epoch == local.epoch {
-                    local.put_lease(held.meta.id, held);
+                    let id = held.meta.id;
+                    local.put_lease(id, held);
+                    if !local.live {
+                        // Its connection dropped meanwhile: it waits for its message.
+                        local.orphaned.insert(id);
+                    }
                 }
             }
         };

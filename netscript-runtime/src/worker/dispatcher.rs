@@ -1,4 +1,9 @@
 //! Claims messages, runs them, keeps their leases alive, and drains on shutdown.
+//!
+//! When the queue's backend goes away, failed claims are tried again after 50 ms, doubling to
+//! 2 s, with one warning per outage and one "reconnected" line when a claim works again; the
+//! backends reconnect by themselves. Attempts that end meanwhile are kept by the recorder
+//! until they can be written and settled (see its module docs).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -92,7 +97,12 @@ struct Shared {
     /// Set when the drain's grace period is over: running attempts are abandoned.
     abandon: CancellationToken,
     started: AtomicU64,
+    /// Claims failed in a row (0: claims work).
     claim_errors: AtomicU32,
+    /// When the claims started failing, while they do.
+    outage: Mutex<Option<std::time::Instant>>,
+    /// Heartbeats failed in a row (0: they work).
+    heartbeat_errors: AtomicU32,
     /// Moving average of attempt run time, in nanoseconds (0 until the first attempt).
     pace_ns: AtomicU64,
     /// Executions asked to stop (`Runtime::cancel`) whose claim this dispatcher holds.
@@ -134,6 +144,39 @@ impl Shared {
 
     fn take_cancelled(&self, id: MessageId) -> bool {
         self.cancelled.lock().unwrap_or_else(|e| e.into_inner()).remove(&id)
+    }
+
+    /// Notes a failed claim; returns how long to wait before the next one (50 ms doubling to
+    /// 2 s). Warns at the first failure of an outage only.
+    fn claim_failed(&self, e: &crate::queue::QueueError) -> Duration {
+        let n = self.claim_errors.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let wait = claim_backoff(n);
+        if n == 1 {
+            *self.outage.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+            tracing::warn!(
+                error = %e,
+                provider = self.queue.provider(),
+                "cannot claim jobs: the queue's backend is unreachable; trying again with backoff until it is back"
+            );
+        } else {
+            tracing::debug!(error = %e, tries = n, retry_in = ?wait, "claim failed again");
+        }
+        wait
+    }
+
+    /// Notes a claim that worked: logs once that claims work again after an outage.
+    fn claims_work(&self) {
+        let failed = self.claim_errors.swap(0, Ordering::Relaxed);
+        if failed == 0 {
+            return;
+        }
+        let since = self.outage.lock().unwrap_or_else(|e| e.into_inner()).take();
+        tracing::info!(
+            provider = self.queue.provider(),
+            failed_claims = failed,
+            outage = ?since.map(|t| t.elapsed()),
+            "reconnected: claiming jobs again"
+        );
     }
 
     fn lock_buffer(&self) -> std::sync::MutexGuard<'_, VecDeque<Delivery>> {
@@ -228,6 +271,8 @@ impl Dispatcher {
             abandon: CancellationToken::new(),
             started: AtomicU64::new(0),
             claim_errors: AtomicU32::new(0),
+            outage: Mutex::new(None),
+            heartbeat_errors: AtomicU32::new(0),
             pace_ns: AtomicU64::new(0),
             cancelled: Mutex::new(HashSet::new()),
             paused: self.paused,
@@ -373,14 +418,14 @@ async fn refill(shared: &Shared) {
     let issued = std::time::Instant::now();
     match shared.queue.claim(request).await {
         Ok(deliveries) if deliveries.is_empty() => {
-            shared.claim_errors.store(0, Ordering::Relaxed);
+            shared.claims_work();
             tokio::select! {
                 () = shared.stop.cancelled() => {}
                 () = shared.queue.wait_for_work(shared.options.poll_interval) => {}
             }
         }
         Ok(deliveries) => {
-            shared.claim_errors.store(0, Ordering::Relaxed);
+            shared.claims_work();
             let mut in_flight = shared.lock_in_flight();
             // Prefetched claims are kept alive by the heartbeat like running ones.
             for d in &deliveries {
@@ -391,15 +436,19 @@ async fn refill(shared: &Shared) {
             shared.refilled.notify_waiters();
         }
         Err(e) => {
-            let n = shared.claim_errors.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-            let wait = Duration::from_millis(100 * u64::from(n.min(50)));
-            tracing::error!(error = %e, retry_in = ?wait, "claim failed");
+            let wait = shared.claim_failed(&e);
             tokio::select! {
                 () = shared.stop.cancelled() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
     }
+}
+
+/// The pause after the `failures`-th failed claim in a row: 50 ms doubling to 2 s.
+fn claim_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(6);
+    (Duration::from_millis(50) * (1 << doublings)).min(Duration::from_secs(2))
 }
 
 /// Claims for `concurrency` slots whose attempts take `pace_ns` on average (0: unknown).
@@ -627,30 +676,41 @@ async fn heartbeat(shared: Arc<Shared>) {
         if let Err(e) = shared.paused.reload(shared.store.kv().as_ref()).await {
             tracing::warn!(error = %e, "could not read paused topics");
         }
+        if shared.lock_in_flight().is_empty() {
+            continue;
+        }
+        cancel_requested_in_store(&shared).await;
+        // Read after the store calls, which may take long while a backend is away: an attempt
+        // that ended meanwhile is settled, and extending its lease would look like a lost one.
         let leases: Vec<Lease> = shared.lock_in_flight().values().map(|f| f.lease).collect();
         if leases.is_empty() {
             continue;
         }
-        cancel_requested_in_store(&shared).await;
         let issued = std::time::Instant::now();
         match shared.queue.extend(&leases, shared.options.lease).await {
             Ok(results) => {
+                let failed = shared.heartbeat_errors.swap(0, Ordering::Relaxed);
+                if failed > 0 {
+                    tracing::info!(failed_heartbeats = failed, "leases extended again");
+                }
                 for (lease, result) in leases.iter().zip(results) {
+                    let mut in_flight = shared.lock_in_flight();
+                    // Ended while the extension ran: nothing to renew or stop.
+                    let Some(f) = in_flight.get_mut(&lease.message_id).filter(|f| f.lease == *lease) else { continue };
                     if result == Settled::Ok {
-                        if let Some(f) = shared.lock_in_flight().get_mut(&lease.message_id)
-                            && f.lease == *lease
-                        {
-                            f.renewed = issued;
-                        }
+                        f.renewed = issued;
                     } else {
                         tracing::warn!(execution = %lease.message_id, "lease lost to another worker; stopping this attempt");
-                        if let Some(f) = shared.lock_in_flight().get(&lease.message_id) {
-                            f.stop.cancel();
-                        }
+                        f.stop.cancel();
                     }
                 }
             }
-            Err(e) => tracing::error!(error = %e, "could not extend leases"),
+            Err(e) => {
+                // Once per outage: the claims report it too, and the recorder keeps what finishes.
+                if shared.heartbeat_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(error = %e, leases = leases.len(), "could not extend leases; trying again at the next heartbeat");
+                }
+            }
         }
     }
 }
@@ -666,5 +726,12 @@ mod tests {
         assert_eq!(claim_size(2, 1_000_000), 40, "1 ms jobs: 20 ms worth per slot");
         assert_eq!(claim_size(2, 5_000_000_000), 2, "slow jobs: one per slot");
         assert_eq!(claim_size(0, 0), 4, "concurrency is at least one");
+    }
+
+    #[test]
+    fn failed_claims_back_off_from_50_ms_to_2_s() {
+        let waits: Vec<u128> = (1..=9).map(|n| claim_backoff(n).as_millis()).collect();
+        assert_eq!(waits, [50, 100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+        assert_eq!(claim_backoff(u32::MAX), Duration::from_secs(2));
     }
 }

@@ -10,6 +10,21 @@
 //! one else can claim while the write runs, so the common case costs no extra round trip.
 //! Written before settled: a crash between the two re-runs the job rather than losing its
 //! record.
+//!
+//! When the queue or the store fails (a broker restarting, a connection cut), the batch is
+//! kept and tried again with backoff (50 ms doubling to 2 s) for as long as one of its leases
+//! can still be valid (its last renewal plus the lease, by the local clock), so a result
+//! produced while a broker is away is recorded once it is back instead of the job running
+//! again. A try that failed before the records were written fences every lease of the batch
+//! on the next one, not only the doubtful ones: the outage may have outlasted a lease, and a
+//! job another worker took over meanwhile is then dropped here (its new holder records it)
+//! rather than recorded twice. A successful fence dates the lease from that extension. Once
+//! the records are written, only the settlement is tried again: it carries the fencing token,
+//! so one that comes too late is refused, and the job runs again (at least once) over a
+//! record that was written while the lease held. Past the last lease the batch is given up
+//! with an error: its jobs run again. While a shard retries, its channel fills and the
+//! dispatcher's slots wait to send their ends, so no more work is started than can be
+//! recorded.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -171,64 +186,163 @@ async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dy
                 Event::Shutdown => open = false,
             }
         }
-        if !fence(queue.as_ref(), lease, &mut records, &mut settlements).await {
-            continue;
-        }
-        let settlements: Vec<Settlement> = settlements.into_iter().map(|(s, _)| s).collect();
         dirty.sort_unstable();
         dirty.dedup();
         // Finished records were moved into `records`; the ones still live are copied.
-        records.extend(dirty.iter().filter_map(|id| live.get(id).cloned()));
-        if let Err(e) = store.put_many(records).await {
-            // Leave the messages unsettled: their leases lapse and the jobs run again, so
-            // nothing is lost (at least once).
-            tracing::error!(error = %e, count = settlements.len(), "could not write execution records; their jobs will be retried");
-            continue;
-        }
-        if settlements.is_empty() {
-            continue;
-        }
-        match queue.settle(settlements).await {
+        let live_copies: Vec<ExecutionRecord> = dirty.iter().filter_map(|id| live.get(id).cloned()).collect();
+        commit(queue.as_ref(), &store, lease, records, live_copies, settlements).await;
+    }
+}
+
+/// Shortest pause between two tries of a batch the backends refused.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Longest pause between two tries of a batch the backends refused.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Fences, writes and settles one batch (see the module docs), trying again with backoff
+/// while the queue or the store fails and the batch's leases can still be valid.
+///
+/// `records` are the ends of attempts (dropped with their settlement when the lease turns out
+/// stale), `live` the records of attempts still running (written as they are).
+async fn commit(
+    queue: &dyn Queue,
+    store: &ExecutionStore,
+    lease: Duration,
+    mut records: Vec<ExecutionRecord>,
+    live: Vec<ExecutionRecord>,
+    settlements: Vec<(Settlement, Option<Instant>)>,
+) {
+    let began = Instant::now();
+    // When each lease was last renewed: unknown ones count from now, the latest they can date.
+    let mut settlements: Vec<(Settlement, Instant)> =
+        settlements.into_iter().map(|(s, renewed)| (s, renewed.unwrap_or(began))).collect();
+    // Without leases (records of running attempts only), one lease bounds the tries: the
+    // heartbeat has lost those leases by then, and the next holder writes its own records.
+    let no_lease_deadline = began + lease;
+    let mut delay = RETRY_FIRST;
+    let mut failures: u32 = 0;
+    let mut written = false;
+    loop {
+        let step = async {
+            if !written {
+                // After a failure every lease is checked again: the outage may have outlasted
+                // it, and another worker may hold the job now.
+                fence(queue, lease, &mut records, &mut settlements, failures > 0).await?;
+                let mut batch = records.clone();
+                batch.extend(live.iter().cloned());
+                store.put_many(batch).await.map_err(|e| Failure::Write(e.to_string()))?;
+                written = true;
+            }
+            if settlements.is_empty() {
+                return Ok(Vec::new());
+            }
+            let batch: Vec<Settlement> = settlements.iter().map(|(s, _)| s.clone()).collect();
+            queue.settle(batch).await.map_err(|e| Failure::Settle(e.to_string()))
+        };
+        match step.await {
             Ok(results) => {
-                let stale = results.iter().filter(|r| **r == crate::queue::Settled::Stale).count();
+                let stale = results.iter().filter(|r| **r == Settled::Stale).count();
                 if stale > 0 {
                     tracing::warn!(
                         stale,
                         "settlements refused: their leases had lapsed and the jobs were claimed again"
                     );
                 }
+                if failures > 0 {
+                    tracing::info!(
+                        tries = failures + 1,
+                        after = ?began.elapsed(),
+                        count = settlements.len(),
+                        "execution records written and messages settled after the backend came back"
+                    );
+                }
+                return;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "could not settle messages; their leases will lapse and the jobs run again")
+            Err(failure) => {
+                failures = failures.saturating_add(1);
+                let deadline =
+                    settlements.iter().map(|(_, renewed)| *renewed + lease).max().unwrap_or(no_lease_deadline);
+                let now = Instant::now();
+                if now + delay >= deadline {
+                    // Past this point no lease of the batch can still be valid: another worker
+                    // may run the jobs now. Leave them to it (at least once).
+                    tracing::error!(
+                        error = %failure,
+                        tries = failures,
+                        count = settlements.len(),
+                        written,
+                        "giving up on a batch of results: the backend stayed away longer than its leases; the jobs will run again"
+                    );
+                    return;
+                }
+                if failures == 1 {
+                    tracing::warn!(
+                        error = %failure,
+                        count = settlements.len(),
+                        retry_in = ?delay,
+                        "cannot record finished attempts; keeping their results and trying again while their leases last"
+                    );
+                } else {
+                    tracing::debug!(error = %failure, tries = failures, retry_in = ?delay, "still cannot record finished attempts");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
             }
         }
     }
 }
 
-/// Extends the leases of the attempts that ended whose lease may have lapsed, and drops the
-/// records and settlements of those whose lease is stale. `false` when the queue could not be
-/// asked: the batch is then neither written nor settled, its leases lapse and its jobs run
-/// again (at least once).
+/// Why a try of a batch failed.
+#[derive(Debug)]
+enum Failure {
+    /// Its leases could not be checked.
+    Fence(String),
+    /// Its records could not be written.
+    Write(String),
+    /// Its messages could not be settled (the records were written).
+    Settle(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Fence(e) => write!(f, "checking leases: {e}"),
+            Failure::Write(e) => write!(f, "writing execution records: {e}"),
+            Failure::Settle(e) => write!(f, "settling messages: {e}"),
+        }
+    }
+}
+
+/// Extends the leases that may have lapsed (all of them with `all`), and drops the records
+/// and settlements of those whose lease is stale. Renewed leases are dated from the
+/// extension's issue. Fails when the queue could not be asked: nothing may be written then.
 async fn fence(
     queue: &dyn Queue,
     lease: Duration,
     records: &mut Vec<ExecutionRecord>,
-    settlements: &mut Vec<(Settlement, Option<Instant>)>,
-) -> bool {
-    let doubtful = |renewed: &Option<Instant>| renewed.is_none_or(|at| at.elapsed() > lease / 2);
+    settlements: &mut Vec<(Settlement, Instant)>,
+    all: bool,
+) -> Result<(), Failure> {
+    let doubtful = |renewed: &Instant| all || renewed.elapsed() > lease / 2;
     let leases: Vec<Lease> = settlements.iter().filter(|(_, r)| doubtful(r)).map(|(s, _)| *s.lease()).collect();
     if leases.is_empty() {
-        return true;
+        return Ok(());
     }
-    let results = match queue.extend(&leases, lease).await {
-        Ok(results) => results,
-        Err(e) => {
-            tracing::error!(error = %e, count = leases.len(), "could not check leases before recording; their jobs will run again");
-            return false;
+    let issued = Instant::now();
+    let results = queue.extend(&leases, lease).await.map_err(|e| Failure::Fence(e.to_string()))?;
+    let mut stale: HashSet<crate::queue::MessageId> = HashSet::new();
+    let mut renewed: HashSet<crate::queue::MessageId> = HashSet::new();
+    for (l, r) in leases.iter().zip(&results) {
+        match r {
+            Settled::Stale => stale.insert(l.message_id),
+            Settled::Ok => renewed.insert(l.message_id),
+        };
+    }
+    for (s, at) in settlements.iter_mut() {
+        if renewed.contains(&s.lease().message_id) {
+            *at = issued;
         }
-    };
-    let stale: HashSet<crate::queue::MessageId> =
-        leases.iter().zip(&results).filter(|(_, r)| **r == Settled::Stale).map(|(l, _)| l.message_id).collect();
+    }
     if !stale.is_empty() {
         tracing::warn!(
             stale = stale.len(),
@@ -237,7 +351,7 @@ async fn fence(
         settlements.retain(|(s, _)| !stale.contains(&s.lease().message_id));
         records.retain(|r| !stale.contains(&r.id));
     }
-    true
+    Ok(())
 }
 
 /// Applies an attempt's end to its record; `false` when nothing should be written.
