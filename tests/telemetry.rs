@@ -1,8 +1,9 @@
 //! OpenTelemetry end to end: a real OTLP receiver runs in-process (OTLP/HTTP with protobuf
 //! bodies, and OTLP/gRPC), the exporter is pointed at it, a job is triggered over the HTTP API
 //! with a W3C traceparent, and the spans that arrive must form one trace: the enqueue span is
-//! a child of the given parent, the attempt span a child of the enqueue span, the span the
-//! handler opens a child of the attempt span.
+//! a child of the given parent, the worker's dispatch span a child of the enqueue span, the
+//! attempt span a child of the dispatch span, the span the handler opens a child of the
+//! attempt span.
 //!
 //! Each test runs its own current-thread runtime with its own subscriber set on that thread
 //! (every task of the app runs there), so the two never see each other's spans.
@@ -204,14 +205,18 @@ fn one_trace_end_to_end(protocol: OtlpProtocol, carrier: Carrier) {
                 s.name == "enqueue"
                     && attributes(s).get("execution.id") == Some(&Value::StringValue(execution_id.clone()))
             });
-            if let (Some(a), Some(w), Some(e)) = (attempt, work, enqueue) {
-                found = Some((a.clone(), w.clone(), e.clone()));
+            let dispatch = spans.iter().find(|(_, s)| {
+                s.name == "dispatch"
+                    && attributes(s).get("execution.id") == Some(&Value::StringValue(execution_id.clone()))
+            });
+            if let (Some(a), Some(w), Some(e), Some(d)) = (attempt, work, enqueue, dispatch) {
+                found = Some((a.clone(), w.clone(), e.clone(), d.clone()));
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let ((attempt_service, attempt), (_, work), (_, enqueue)) =
-            found.expect("the enqueue, attempt and handler spans were not exported");
+        let ((attempt_service, attempt), (_, work), (_, enqueue), (_, dispatch)) =
+            found.expect("the enqueue, dispatch, attempt and handler spans were not exported");
 
         assert_eq!(attempt_service, service);
         assert_eq!(hex(&enqueue.trace_id), TRACE_ID, "the enqueue joins the trace of the traceparent");
@@ -220,8 +225,14 @@ fn one_trace_end_to_end(protocol: OtlpProtocol, carrier: Carrier) {
         assert_eq!(enqueued.get("job.id"), Some(&Value::StringValue("traced".into())));
         assert_eq!(enqueued.get("queue.provider"), Some(&Value::StringValue("memory".into())));
         assert_eq!(enqueued.get("outcome"), Some(&Value::StringValue("created".into())));
+        assert_eq!(hex(&dispatch.trace_id), TRACE_ID, "the dispatch joins the trace of the traceparent");
+        assert_eq!(dispatch.parent_span_id, enqueue.span_id, "the dispatch's parent is the enqueue span");
+        let dispatched = attributes(&dispatch);
+        assert_eq!(dispatched.get("queue.provider"), Some(&Value::StringValue("memory".into())));
+        assert_eq!(dispatched.get("attempt"), Some(&Value::IntValue(1)));
+        assert_eq!(dispatched.get("outcome"), Some(&Value::StringValue("succeeded".into())));
         assert_eq!(hex(&attempt.trace_id), TRACE_ID, "the attempt joins the trace of the traceparent");
-        assert_eq!(attempt.parent_span_id, enqueue.span_id, "the attempt's parent is the enqueue span");
+        assert_eq!(attempt.parent_span_id, dispatch.span_id, "the attempt's parent is the dispatch span");
         let attrs = attributes(&attempt);
         assert_eq!(attrs.get("job.id"), Some(&Value::StringValue("traced".into())));
         assert_eq!(attrs.get("attempt"), Some(&Value::IntValue(1)));

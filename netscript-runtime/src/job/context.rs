@@ -88,8 +88,12 @@ impl JobContext {
             queue.provider = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        // Joins the enqueuer's trace; free when there is no traceparent or telemetry is off.
-        crate::telemetry::set_remote_parent(&span, parts.traceparent.as_deref(), parts.tracestate.as_deref());
+        // Under the worker's `dispatch` span (which joined the enqueuer's trace) the span is
+        // its child; elsewhere (a subprocess child, a test) it joins the traceparent's trace.
+        // Free when there is no traceparent or telemetry is off.
+        if tracing::Span::current().is_none() {
+            crate::telemetry::set_remote_parent(&span, parts.traceparent.as_deref(), parts.tracestate.as_deref());
+        }
         Self {
             inner: Arc::new(Inner {
                 execution_id: parts.execution_id,

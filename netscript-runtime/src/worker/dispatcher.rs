@@ -460,8 +460,38 @@ fn claim_size(concurrency: usize, pace_ns: u64) -> usize {
     concurrency.max(1).saturating_mul(usize::try_from(per_slot).unwrap_or(1))
 }
 
-/// Runs one delivery to its end and tells the recorder.
+/// Runs one delivery to its end and tells the recorder, inside a `dispatch` span (job id,
+/// execution id, attempt, queue provider, outcome) in the trace of the message's enqueue.
 async fn run_one(shared: &Shared, d: Delivery) {
+    let span = tracing::info_span!(
+        "dispatch",
+        job.id = %d.kind,
+        execution.id = %d.id,
+        attempt = i64::from(d.attempt),
+        queue.provider = shared.queue.provider(),
+        outcome = tracing::field::Empty,
+    );
+    crate::telemetry::set_remote_parent(&span, d.header(TRACEPARENT_HEADER), d.header(TRACESTATE_HEADER));
+    let outcome = tracing::Instrument::instrument(dispatch(shared, d), span.clone()).await;
+    span.record("outcome", outcome);
+}
+
+impl End {
+    /// The name of this end, for spans.
+    fn name(&self) -> &'static str {
+        match self {
+            End::Succeeded(_) => "succeeded",
+            End::Retrying { .. } => "retrying",
+            End::Dead { .. } => "dead",
+            End::Released => "released",
+            End::Lost => "lost",
+            End::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// [`run_one`]'s work; returns how the attempt ended.
+async fn dispatch(shared: &Shared, d: Delivery) -> &'static str {
     let Some(job) = shared.registry.get(&d.kind) else {
         let renewed = shared.lock_in_flight().remove(&d.id).map(|f| f.renewed);
         let error = format!("no job `{}` is registered in this binary", d.kind);
@@ -472,7 +502,7 @@ async fn run_one(shared: &Shared, d: Delivery) {
             .events
             .send(Event::Finished { record, end: End::Dead { error }, settlement: Some(settlement), renewed })
             .await;
-        return;
+        return "dead";
     };
     let stop = match shared.lock_in_flight().get(&d.id) {
         Some(f) => f.stop.clone(),
@@ -505,7 +535,7 @@ async fn run_one(shared: &Shared, d: Delivery) {
                 renewed,
             })
             .await;
-        return;
+        return "cancelled";
     }
     let span = ctx.span().clone();
     crate::telemetry::attempt_started(&span, shared.queue.provider());
@@ -562,9 +592,11 @@ async fn run_one(shared: &Shared, d: Delivery) {
         End::Released | End::Lost => AttemptEnd::Other,
     };
     shared.metrics.attempt_ended(&metrics, began.elapsed(), counted);
+    let name = end.name();
     // Sending only queues the end; the write happens in batches. A drain that has every
     // slot back has every end too.
     shared.events.send(Event::Finished { record: Box::new(record), end, settlement, renewed }).await;
+    name
 }
 
 /// The record of an attempt that is starting.
