@@ -6,7 +6,13 @@
 //! JOBS=50000 cargo bench --bench throughput      # another backlog size
 //! cargo bench --all-features --bench throughput -- postgres redis amqp   # the brokers
 //! NETSCRIPT_TEST_POSTGRES_URL=postgres://me@db/app cargo bench --features postgres --bench throughput -- postgres
+//! TRACING=app cargo bench --bench throughput     # with the app's tracing subscriber installed
 //! ```
+//!
+//! `TRACING=app` installs what an app binary runs with (`netscript::cli::init_tracing`: the
+//! log to stderr at `info`, OpenTelemetry only if `OTEL_EXPORTER_OTLP_ENDPOINT` is set), so
+//! every enqueue and attempt span is recorded; the default (`off`) installs no subscriber.
+//! The difference is the cost of tracing with no exporter.
 //!
 //! Brokers are reached at `NETSCRIPT_TEST_POSTGRES_URL`, `NETSCRIPT_TEST_REDIS_URL` and
 //! `NETSCRIPT_TEST_AMQP_URL` (default: the local services), each run in a namespace of its own
@@ -172,6 +178,14 @@ async fn latency(provider: QueueProvider, samples: usize) {
 fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let jobs: usize = std::env::var("JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    match std::env::var("TRACING").as_deref() {
+        Ok("app") => {
+            netscript::cli::init_tracing();
+            println!("tracing: the app's subscriber (netscript::cli::init_tracing)");
+        }
+        Ok("off") | Err(_) => println!("tracing: no subscriber"),
+        Ok(other) => panic!("TRACING must be `off` or `app`, not `{other}`"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
     for provider in support::providers() {
         // The brokers run when asked for by name; by default, the two that need no server.

@@ -196,7 +196,10 @@ pub fn init_tracing() {
             log_filter = log_filter.add_directive(off);
         }
     }
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(log_filter);
+    // Colours only on a terminal: a log file or a collector gets plain text (and formatting
+    // the colours is a good part of what a span costs the log).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_filter(log_filter);
     // OTLP export only when OTEL_EXPORTER_OTLP_ENDPOINT is set; the guard lives as long as the
     // process, and `run_cli` flushes it at the end.
     let service = std::env::current_exe()

@@ -545,7 +545,9 @@ impl Runtime {
         jobs: Vec<(&'static JobDescriptor, serde_json::Value, EnqueueOptions)>,
     ) -> Result<Vec<Receipt>, EnqueueError> {
         let single = jobs.len() == 1;
+        // On the trace target: exported, kept out of the log (no cost there when not exported).
         let span = tracing::info_span!(
+            target: crate::telemetry::EVENTS_TARGET,
             "enqueue",
             job.id = jobs.first().map_or("", |(j, _, _)| j.id),
             execution.id = tracing::field::Empty,

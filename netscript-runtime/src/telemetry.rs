@@ -30,8 +30,8 @@ pub const PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 pub const SERVICE_NAME_VAR: &str = "OTEL_SERVICE_NAME";
 
 /// The target of the trace events the worker adds to an attempt's span (`job.started`,
-/// `job.progress`, `job.completed`, `job.failed`, `job.exception`): exported with the span,
-/// kept out of the log unless `RUST_LOG` names it.
+/// `job.progress`, `job.completed`, `job.failed`, `job.exception`) and of the `enqueue` and
+/// `dispatch` spans: exported, kept out of the log unless `RUST_LOG` names it.
 pub const EVENTS_TARGET: &str = "netscript::trace";
 
 /// The W3C header that carries the trace id and the parent span id.

@@ -463,7 +463,9 @@ fn claim_size(concurrency: usize, pace_ns: u64) -> usize {
 /// Runs one delivery to its end and tells the recorder, inside a `dispatch` span (job id,
 /// execution id, attempt, queue provider, outcome) in the trace of the message's enqueue.
 async fn run_one(shared: &Shared, d: Delivery) {
+    // On the trace target: exported, kept out of the log (no cost there when not exported).
     let span = tracing::info_span!(
+        target: crate::telemetry::EVENTS_TARGET,
         "dispatch",
         job.id = %d.kind,
         execution.id = %d.id,
