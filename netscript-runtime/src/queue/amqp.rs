@@ -41,7 +41,12 @@
 //! is given up (stale) when its lease ends, or when its copy has not come back shortly after
 //! the reconnect (a quarter of the lease, at most 2 s: another process got it and claims it
 //! with a new token). A given-up orphan writes nothing to the KV: a claim of its copy takes
-//! the record over, and its `leased` index entry expires with its TTL.
+//! the record over, and its `leased` index entry expires with its TTL. Deliveries of the
+//! dropped connection are void: the buffer is emptied when it drops and again when the new
+//! one opens, and nothing of it enters the buffer afterwards (a delivery still in the
+//! consumer's stream, a claim handed back). A void entry left there would take the place of
+//! its redelivered copy, which would then be acked as a duplicate: the message would be
+//! fenced as leased, never run, and gone from the broker.
 //!
 //! Concurrency keys: a lock entry in the KV (expiring with the lease) says which message holds
 //! a key. A delivery whose key is held stays parked in the buffer, skipped by claims; when
@@ -507,6 +512,28 @@ impl Local {
         }
     }
 
+    /// Whether deliveries of the connection of `epoch` may enter the buffer: it is the
+    /// current connection and it is up. A delivery of a dropped connection is void (its tag
+    /// cannot be acked) and the broker sends its message again on the next connection.
+    fn current(&self, epoch: u64) -> bool {
+        self.live && self.epoch == epoch
+    }
+
+    /// Takes the connection of `epoch` (just opened) as current: drops whatever the buffer
+    /// still holds of older connections and returns the topics to subscribe again.
+    fn reconnected(&mut self, epoch: u64, now: Instant) -> Vec<String> {
+        self.epoch = epoch;
+        self.live = true;
+        self.reconnected_at = Some(now);
+        self.buffers.retain(|_, buffer| {
+            buffer.retain(|_, b| b.epoch == epoch);
+            !buffer.is_empty()
+        });
+        let buffers = &self.buffers;
+        self.by_id.retain(|_, (topic, order)| buffers.get(topic).is_some_and(|b| b.contains_key(order)));
+        self.resubscribe.drain().collect()
+    }
+
     /// Forgets the deliveries of the connection that dropped (their tags are void) and keeps
     /// its leases as orphans; returns how many leases are orphaned.
     fn wipe(&mut self) -> usize {
@@ -636,31 +663,7 @@ impl AmqpQueue {
         if queue_name.is_empty() {
             return Err(backend("the queue name is empty"));
         }
-        let shared = Arc::new(Shared {
-            keys: Keys { prefix: Key::from(("amqpq", queue_name)) },
-            name: queue_name.to_owned(),
-            kv,
-            instance: uuid::Uuid::now_v7(),
-            window_ms: AtomicU64::new(millis(DEFAULT_IDEMPOTENCY_WINDOW)),
-            link: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
-            subscribing: tokio::sync::Mutex::new(()),
-            next_epoch: AtomicU64::new(1),
-            local: Mutex::default(),
-            work: Notify::new(),
-            broken: Notify::new(),
-            orphans: Notify::new(),
-            stale: AtomicU64::new(0),
-            lease_writes: tokio::sync::RwLock::new(()),
-            seq: AtomicU64::new(0),
-            declared: Mutex::default(),
-            delay_declared: Mutex::default(),
-            registered: Mutex::default(),
-            known: Mutex::default(),
-            topology: Mutex::default(),
-            stop: CancellationToken::new(),
-            options,
-        });
+        let shared = Arc::new(Shared::new(options, queue_name, kv));
         let timeout = shared.options.connect_timeout;
         match tokio::time::timeout(timeout, shared.link()).await {
             Ok(Ok(_)) => {}
@@ -756,6 +759,35 @@ fn delay_bucket(delay: Duration) -> u64 {
 }
 
 impl Shared {
+    /// The state of a queue not connected yet.
+    fn new(options: AmqpOptions, queue_name: &str, kv: Arc<dyn Kv>) -> Shared {
+        Shared {
+            keys: Keys { prefix: Key::from(("amqpq", queue_name)) },
+            name: queue_name.to_owned(),
+            kv,
+            instance: uuid::Uuid::now_v7(),
+            window_ms: AtomicU64::new(millis(DEFAULT_IDEMPOTENCY_WINDOW)),
+            link: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            subscribing: tokio::sync::Mutex::new(()),
+            next_epoch: AtomicU64::new(1),
+            local: Mutex::default(),
+            work: Notify::new(),
+            broken: Notify::new(),
+            orphans: Notify::new(),
+            stale: AtomicU64::new(0),
+            lease_writes: tokio::sync::RwLock::new(()),
+            seq: AtomicU64::new(0),
+            declared: Mutex::default(),
+            delay_declared: Mutex::default(),
+            registered: Mutex::default(),
+            known: Mutex::default(),
+            topology: Mutex::default(),
+            stop: CancellationToken::new(),
+            options,
+        }
+    }
+
     fn topic_queue(&self, topic: &str) -> String {
         format!("{}.{}.t.{}", self.options.prefix, self.name, topic)
     }
@@ -798,13 +830,7 @@ impl Shared {
             return Ok(link);
         }
         let link = Arc::new(self.open().await?);
-        let resubscribe: Vec<String> = {
-            let mut local = lock(&self.local);
-            local.epoch = link.epoch;
-            local.live = true;
-            local.reconnected_at = Some(Instant::now());
-            local.resubscribe.drain().collect()
-        };
+        let resubscribe = lock(&self.local).reconnected(link.epoch, Instant::now());
         lock(&self.declared).clear();
         lock(&self.delay_declared).clear();
         *lock(&self.link) = Some(Arc::clone(&link));
@@ -1101,7 +1127,8 @@ impl Shared {
         redelivered: bool,
     ) -> Option<u64> {
         let mut local = lock(&self.local);
-        if local.epoch != epoch {
+        if !local.current(epoch) {
+            // Its connection dropped: the broker delivers it again on the next one.
             return None;
         }
         local.arrivals += 1;
@@ -1130,13 +1157,17 @@ impl Shared {
             return Some(tag);
         }
         if let Some((t, order)) = local.by_id.get(&meta.id).cloned() {
-            let older = local.buffers.get(&t).and_then(|b| b.get(&order)).map(|b| (b.meta.generation, b.tag));
+            let older = local.buffers.get(&t).and_then(|b| b.get(&order)).map(|b| (b.meta.generation, b.tag, b.epoch));
             match older {
-                Some((generation, _)) if generation >= meta.generation => return Some(tag),
-                Some((_, old_tag)) => {
+                Some((generation, _, old_epoch)) if old_epoch == epoch && generation >= meta.generation => {
+                    return Some(tag);
+                }
+                Some((_, old_tag, old_epoch)) => {
+                    // A newer copy, or the old one's connection dropped (its tag is void):
+                    // this delivery takes its place.
                     local.remove_buffered(meta.id);
                     self.insert_arrival(&mut local, topic, meta, payload, tag, epoch, redelivered);
-                    return Some(old_tag);
+                    return (old_epoch == epoch).then_some(old_tag);
                 }
                 None => {
                     local.by_id.remove(&meta.id);
@@ -1434,7 +1465,7 @@ impl Shared {
         let mut local = lock(&self.local);
         for mut b in items {
             local.release_key(&b.meta.ck);
-            if b.epoch != local.epoch {
+            if !local.current(b.epoch) {
                 continue;
             }
             b.not_before = not_before;
@@ -1703,7 +1734,7 @@ impl Shared {
     fn unpick_parked(&self, items: Vec<Buffered>) {
         let mut local = lock(&self.local);
         for b in items {
-            if b.epoch != local.epoch {
+            if !local.current(b.epoch) {
                 continue;
             }
             let topic = b.meta.topic.clone();
@@ -2272,7 +2303,7 @@ impl Queue for AmqpQueue {
             for (settlement, held) in valid {
                 local.release_key(&held.meta.ck);
                 match settlement {
-                    Settlement::Release(_) if held.epoch == local.epoch => {
+                    Settlement::Release(_) if local.current(held.epoch) => {
                         local.arrivals += 1;
                         let order = (Reverse(held.meta.priority), now.as_millis(), s.next_seq(), local.arrivals);
                         let topic = held.meta.topic.clone();
@@ -2464,6 +2495,71 @@ mod tests {
         assert_eq!(delay_bucket(Duration::from_millis(101)), 110);
         assert_eq!(delay_bucket(Duration::ZERO), 1);
         assert_eq!(delay_bucket(Duration::from_secs(60)), 60_000);
+    }
+
+    fn meta(topic: &str) -> Meta {
+        Meta {
+            id: MessageId::new(),
+            topic: topic.into(),
+            kind: "k".into(),
+            headers: Vec::new(),
+            priority: 0,
+            ik: None,
+            ck: None,
+            enq: 1,
+            vis: 1,
+            seq: 1,
+            generation: 0,
+        }
+    }
+
+    fn buffered_epoch(s: &Shared, id: MessageId) -> Option<(u64, u64)> {
+        let local = lock(&s.local);
+        let (topic, order) = local.by_id.get(&id)?;
+        local.buffers.get(topic)?.get(order).map(|b| (b.epoch, b.tag))
+    }
+
+    /// A broker cut: deliveries of the dropped connection that reach the buffer after the
+    /// drop (still in the consumer's stream, or a claim handed back) must not stay there, or
+    /// the redelivered copy is acked as their duplicate and the message is lost (fenced as
+    /// leased, never run, gone from the broker).
+    #[test]
+    fn deliveries_of_a_dropped_connection_never_shadow_their_redelivered_copy() {
+        let s = Shared::new(AmqpOptions::default(), "q", Arc::new(crate::kv::memory::MemoryKv::new()));
+        lock(&s.local).reconnected(1, Instant::now());
+        let (x, y, z) = (meta("t"), meta("t"), meta("t"));
+        let (xid, yid, zid) = (x.id, y.id, z.id);
+        assert_eq!(s.arrive(1, "t", x.clone(), b"x".to_vec(), 7, false), None);
+        assert_eq!(buffered_epoch(&s, xid), Some((1, 7)));
+
+        // The connection drops: the buffer is emptied, and what of it comes late stays out.
+        lock(&s.local).wipe();
+        assert_eq!(buffered_epoch(&s, xid), None);
+        assert_eq!(s.arrive(1, "t", y.clone(), b"y".to_vec(), 8, false), None, "a void tag is never acked");
+        assert_eq!(buffered_epoch(&s, yid), None, "a delivery after the drop is void");
+        let handed_back = Buffered { meta: z.clone(), payload: b"z".to_vec(), tag: 9, epoch: 1, not_before: None };
+        s.unpick(vec![handed_back], None);
+        assert_eq!(buffered_epoch(&s, zid), None, "a claim handed back after the drop is void");
+
+        // A void entry that got in anyway is dropped at the reconnect.
+        {
+            let mut local = lock(&s.local);
+            let stale = Buffered { meta: z.clone(), payload: b"z".to_vec(), tag: 9, epoch: 1, not_before: None };
+            local.insert_buffered("t", (Reverse(0), 1, 1, 99), stale);
+        }
+        assert_eq!(lock(&s.local).reconnected(2, Instant::now()), Vec::<String>::new());
+        assert_eq!(buffered_epoch(&s, zid), None);
+
+        // The redelivered copies are buffered under the new connection, none acked.
+        for (i, m) in [x, y, z.clone()].into_iter().enumerate() {
+            let id = m.id;
+            let tag = i as u64 + 1;
+            assert_eq!(s.arrive(2, "t", m, b"p".to_vec(), tag, true), None, "the copy is not a duplicate");
+            assert_eq!(buffered_epoch(&s, id), Some((2, tag)));
+        }
+        // A true duplicate on the same connection is still acked.
+        assert_eq!(s.arrive(2, "t", z, b"z".to_vec(), 4, true), Some(4));
+        assert_eq!(buffered_epoch(&s, zid), Some((2, 3)));
     }
 
     #[test]
