@@ -210,9 +210,14 @@ pub fn init_tracing() {
         Some(guard) => Some(guard.layer()),
         None => crate::telemetry::init(&service).map(|guard| TELEMETRY.get_or_init(|| guard).layer()),
     };
-    let otel = otel.map(|layer| layer.with_filter(filter()));
-    // Fails only when a subscriber is already set: the app's choice wins.
-    let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
+    let registry = tracing_subscriber::registry().with(fmt);
+    // Fails only when a subscriber is already set: the app's choice wins. Without an exporter
+    // no second layer at all: an absent `Option` layer counts as interested in every callsite,
+    // so the spans the log leaves out (`enqueue`, `dispatch`) would still be built.
+    let _ = match otel {
+        Some(layer) => registry.with(layer.with_filter(filter())).try_init(),
+        None => registry.try_init(),
+    };
 }
 
 /// Parses the process's arguments and runs the command on a runtime from `builder`.
