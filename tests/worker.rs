@@ -536,24 +536,12 @@ fn id_from_days_ago(days_ago: u64, n: u64) -> netscript::ExecutionId {
 fn old_record(days_ago: u64, n: u64, status: ExecutionStatus) -> netscript::ExecutionRecord {
     let id = id_from_days_ago(days_ago, n);
     let at = netscript::time::Timestamp(netscript::time::Timestamp::now().as_millis() - days_ago * 86_400_000);
-    netscript::ExecutionRecord {
-        id,
-        job_id: "tick".into(),
-        status,
-        attempt: 1,
-        max_attempts: 1,
-        payload: serde_json::Value::Null,
-        result: None,
-        error: None,
-        progress: None,
-        correlation_id: id.to_string(),
-        enqueued_at: at,
-        started_at: Some(at),
-        finished_at: status.is_final().then_some(at),
-        retry_at: None,
-        attempts: Vec::new(),
-        updated_at: at,
-    }
+    let mut record = netscript::ExecutionRecord::queued(id, "tick", serde_json::Value::Null, 1, None, at);
+    record.status = status;
+    record.attempt = 1;
+    record.started_at = Some(at);
+    record.finished_at = status.is_final().then_some(at);
+    record
 }
 
 /// The workers' background pruner deletes ended records past their retention on its own,

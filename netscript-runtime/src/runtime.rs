@@ -626,24 +626,7 @@ impl Runtime {
                 idempotency_key: options.idempotency_key,
                 concurrency_key: options.concurrency_key,
             });
-            records.push(ExecutionRecord {
-                id,
-                job_id: job.id.to_owned(),
-                status: ExecutionStatus::Queued,
-                attempt: 0,
-                max_attempts: job.max_attempts(),
-                payload,
-                result: None,
-                error: None,
-                progress: None,
-                correlation_id,
-                enqueued_at: now,
-                started_at: None,
-                finished_at: None,
-                retry_at: None,
-                attempts: Vec::new(),
-                updated_at: now,
-            });
+            records.push(ExecutionRecord::queued(id, job.id, payload, job.max_attempts(), Some(correlation_id), now));
         }
         // The queued records go in first, so that no worker can have written a later state
         // yet, and a record exists from the moment its message can run. They are published

@@ -202,29 +202,11 @@ mod tests {
 
     use super::*;
     use crate::kv::memory::MemoryKv;
-    use crate::store::{ExecutionStatus, ExecutionStore};
+    use crate::store::ExecutionStore;
 
     fn record(job: &str) -> ExecutionRecord {
-        let id = crate::queue::MessageId::new();
-        let now = Timestamp::now();
-        ExecutionRecord {
-            id,
-            job_id: job.into(),
-            status: ExecutionStatus::Queued,
-            attempt: 0,
-            max_attempts: 1,
-            payload: serde_json::json!({"line": "one\ntwo"}),
-            result: None,
-            error: None,
-            progress: None,
-            correlation_id: id.to_string(),
-            enqueued_at: now,
-            started_at: None,
-            finished_at: None,
-            retry_at: None,
-            attempts: Vec::new(),
-            updated_at: now,
-        }
+        let payload = serde_json::json!({"line": "one\ntwo"});
+        ExecutionRecord::queued(crate::queue::MessageId::new(), job, payload, 1, None, Timestamp::now())
     }
 
     fn live(store: &ExecutionStore, job: Option<&str>, keep_alive: Duration) -> Live {

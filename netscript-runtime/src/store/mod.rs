@@ -392,24 +392,11 @@ mod tests {
             u32::try_from(created % 1000).unwrap() * 1_000_000,
         );
         let id = crate::queue::MessageId(uuid::Uuid::new_v7(ts));
-        ExecutionRecord {
-            id,
-            job_id: job.into(),
-            status,
-            attempt: 1,
-            max_attempts: 1,
-            payload: serde_json::Value::Null,
-            result: None,
-            error: None,
-            progress: None,
-            correlation_id: id.to_string(),
-            enqueued_at: Timestamp(created),
-            started_at: None,
-            finished_at: ended_days.map(|d| Timestamp(now.as_millis() - d * DAY)),
-            retry_at: None,
-            attempts: Vec::new(),
-            updated_at: Timestamp(created),
-        }
+        let mut r = ExecutionRecord::queued(id, job, serde_json::Value::Null, 1, None, Timestamp(created));
+        r.status = status;
+        r.attempt = 1;
+        r.finished_at = ended_days.map(|d| Timestamp(now.as_millis() - d * DAY));
+        r
     }
 
     #[tokio::test]

@@ -130,3 +130,35 @@ pub struct ExecutionRecord {
     /// When the record last changed.
     pub updated_at: Timestamp,
 }
+
+impl ExecutionRecord {
+    /// The record of an execution of `job_id` queued at `at`: no attempt yet, no result. The
+    /// correlation id defaults to the execution id.
+    pub fn queued(
+        id: ExecutionId,
+        job_id: impl Into<String>,
+        payload: serde_json::Value,
+        max_attempts: u32,
+        correlation_id: Option<String>,
+        at: Timestamp,
+    ) -> Self {
+        ExecutionRecord {
+            id,
+            job_id: job_id.into(),
+            status: ExecutionStatus::Queued,
+            attempt: 0,
+            max_attempts,
+            payload,
+            result: None,
+            error: None,
+            progress: None,
+            correlation_id: correlation_id.unwrap_or_else(|| id.to_string()),
+            enqueued_at: at,
+            started_at: None,
+            finished_at: None,
+            retry_at: None,
+            attempts: Vec::new(),
+            updated_at: at,
+        }
+    }
+}

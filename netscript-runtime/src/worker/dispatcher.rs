@@ -606,26 +606,11 @@ async fn started_record(shared: &Shared, d: &Delivery, max_attempts: u32) -> Exe
     let now = Timestamp::now();
     // A retry or a redelivery continues the record the earlier attempts wrote.
     let previous = if d.attempt > 1 { shared.store.get(d.id).await.ok().flatten() } else { None };
-    let payload = serde_json::from_slice(&d.payload)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&d.payload).into_owned()));
-    let correlation_id = d.header(CORRELATION_HEADER).map_or_else(|| d.id.to_string(), str::to_owned);
-    let mut record = previous.unwrap_or_else(|| ExecutionRecord {
-        id: d.id,
-        job_id: d.kind.clone(),
-        status: ExecutionStatus::Running,
-        attempt: d.attempt,
-        max_attempts,
-        payload,
-        result: None,
-        error: None,
-        progress: None,
-        correlation_id,
-        enqueued_at: d.enqueued_at,
-        started_at: None,
-        finished_at: None,
-        retry_at: None,
-        attempts: Vec::new(),
-        updated_at: now,
+    let mut record = previous.unwrap_or_else(|| {
+        let payload = serde_json::from_slice(&d.payload)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&d.payload).into_owned()));
+        let correlation_id = d.header(CORRELATION_HEADER).map(str::to_owned);
+        ExecutionRecord::queued(d.id, d.kind.clone(), payload, max_attempts, correlation_id, d.enqueued_at)
     });
     record.status = ExecutionStatus::Running;
     record.attempt = d.attempt;
