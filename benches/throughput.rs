@@ -32,6 +32,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::cpu_time;
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -57,17 +60,6 @@ async fn ping() -> JobResult<()> {
         let _ = tx.try_send(Instant::now());
     }
     Ok(())
-}
-
-/// CPU time this process has used (user + system), from /proc/self/stat; `None` elsewhere.
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // The kernel's USER_HZ is 100 on every Linux this runs on.
-    Some(Duration::from_millis(ticks * 10))
 }
 
 /// A runtime on `provider` with the default settings, in a namespace of its own (removed when
