@@ -199,7 +199,11 @@ pub fn init_tracing() {
     // Colours only on a terminal: a log file or a collector gets plain text (and formatting
     // the colours is a good part of what a span costs the log).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_filter(log_filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .fmt_fields(crate::log_fields::LogFields)
+        .with_filter(log_filter);
     // OTLP export only when OTEL_EXPORTER_OTLP_ENDPOINT is set; the guard lives as long as the
     // process, and `run_cli` flushes it at the end.
     let service = std::env::current_exe()

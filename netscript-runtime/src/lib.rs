@@ -29,6 +29,7 @@ pub mod embedded;
 pub mod fuzzing;
 pub mod job;
 pub mod kv;
+mod log_fields;
 pub mod metrics;
 #[cfg(feature = "postgres")]
 pub mod postgres;
