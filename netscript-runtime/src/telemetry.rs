@@ -204,6 +204,11 @@ impl Drop for TelemetryGuard {
 /// helpers below return before parsing or formatting anything.
 static LAYER_BUILT: AtomicBool = AtomicBool::new(false);
 
+/// Whether spans may be exported: an OpenTelemetry layer was built in this process.
+pub(crate) fn exporting() -> bool {
+    LAYER_BUILT.load(Ordering::Relaxed)
+}
+
 /// The process's pipeline, kept for its lifetime by [`init`].
 static INSTALLED: OnceLock<SdkTracerProvider> = OnceLock::new();
 

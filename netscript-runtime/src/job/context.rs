@@ -76,18 +76,30 @@ pub struct ContextParts {
 impl JobContext {
     /// A context for one attempt of one execution.
     pub fn new(parts: ContextParts, cancel: CancellationToken, sink: Arc<dyn ProgressSink>) -> Self {
-        let correlation_id = parts.correlation_id.unwrap_or_else(|| parts.execution_id.to_string());
+        let mut id_text = [0; ExecutionId::TEXT_LEN];
+        let execution_id_text = parts.execution_id.encode(&mut id_text);
+        // Strings, not `%` values: the log copies them instead of formatting them.
         let span = tracing::info_span!(
             "job",
-            job.id = %parts.job_id,
-            execution.id = %parts.execution_id,
+            job.id = parts.job_id.as_str(),
+            execution.id = execution_id_text,
             // i64: OpenTelemetry exports it as an integer (a u64 would become a string).
             attempt = i64::from(parts.attempt),
-            correlation.id = %correlation_id,
+            // Only when it is not the execution id, said above (the default).
+            correlation.id = tracing::field::Empty,
             // Recorded by the worker: the backend it claimed from, and how the attempt ended.
             queue.provider = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
+        let correlation_id = match parts.correlation_id {
+            Some(given) => {
+                if given != execution_id_text {
+                    span.record("correlation.id", given.as_str());
+                }
+                given
+            }
+            None => execution_id_text.to_owned(),
+        };
         // Under the worker's `dispatch` span (which joined the enqueuer's trace) the span is
         // its child; elsewhere (a subprocess child, a test) it joins the traceparent's trace.
         // Free when there is no traceparent or telemetry is off.

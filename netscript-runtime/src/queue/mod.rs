@@ -45,6 +45,15 @@ impl MessageId {
     pub fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()
     }
+
+    /// The id as text, the same as its `Display`, written into `buf` without allocating or
+    /// going through `core::fmt` (the worker does this for every attempt's log span).
+    pub fn encode<'b>(&self, buf: &'b mut [u8; MessageId::TEXT_LEN]) -> &'b str {
+        self.0.hyphenated().encode_lower(buf)
+    }
+
+    /// The length of the id as text: a hyphenated UUID.
+    pub const TEXT_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
 }
 
 impl std::fmt::Display for MessageId {

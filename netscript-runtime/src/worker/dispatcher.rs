@@ -539,7 +539,9 @@ async fn dispatch(shared: &Shared, d: Delivery) -> &'static str {
             .await;
         return "cancelled";
     }
-    let span = ctx.span().clone();
+    // A second handle on the attempt's span only for the telemetry hooks, which do nothing
+    // when nothing is exported (each handle costs the log's registry a lookup or two).
+    let span = if crate::telemetry::exporting() { ctx.span().clone() } else { tracing::Span::none() };
     crate::telemetry::attempt_started(&span, shared.queue.provider());
     let timeout = job.timeout.unwrap_or(shared.options.default_timeout);
     let metrics = shared.metrics.topic(job.topic);
