@@ -115,7 +115,9 @@ impl Runner {
             Runner::Subprocess(_) if is_task(job, states) => {
                 InProcessRunner.run(job, ctx, payload, states, timeout, stop).await
             }
-            Runner::Subprocess(r) => r.run(job, ctx, payload, timeout, stop).await,
+            // Boxed: supervising a child is a 10 KB future, and inline it made every attempt's
+            // future that large, whatever its runner (copied a few times per job).
+            Runner::Subprocess(r) => Box::pin(r.run(job, ctx, payload, timeout, stop)).await,
         }
     }
 }
