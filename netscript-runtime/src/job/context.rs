@@ -103,7 +103,7 @@ impl JobContext {
         // Under the worker's `dispatch` span (which joined the enqueuer's trace) the span is
         // its child; elsewhere (a subprocess child, a test) it joins the traceparent's trace.
         // Free when there is no traceparent or telemetry is off.
-        if tracing::Span::current().is_none() {
+        if parts.traceparent.is_some() && crate::telemetry::exporting() && tracing::Span::current().is_none() {
             crate::telemetry::set_remote_parent(&span, parts.traceparent.as_deref(), parts.tracestate.as_deref());
         }
         Self {

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::{AttemptOutcome, panic_message};
 use crate::job::{JobContext, JobDescriptor, StateMap};
@@ -26,13 +25,19 @@ impl InProcessRunner {
         timeout: Duration,
         stop: &CancellationToken,
     ) -> AttemptOutcome {
-        let span = ctx.span().clone();
-        let cancel = ctx.cancellation().clone();
+        // The attempt's span is entered on every poll through a second handle on the context
+        // (an Arc's count), not a second handle on the span, which costs the log's registry a
+        // lookup to take and another to drop.
+        let scope = ctx.clone();
         let future = match (job.handler)(ctx, payload, states) {
             Ok(f) => f,
             Err(e) => return AttemptOutcome::Failed(e),
         };
-        let guarded = AssertUnwindSafe(future).catch_unwind().instrument(span);
+        let mut caught = std::pin::pin!(AssertUnwindSafe(future).catch_unwind());
+        let guarded = std::future::poll_fn(|cx| {
+            let _entered = scope.span().enter();
+            caught.as_mut().poll(cx)
+        });
         tokio::select! {
             biased;
             r = tokio::time::timeout(timeout, guarded) => match r {
@@ -40,7 +45,7 @@ impl InProcessRunner {
                 Ok(Ok(Err(e))) => AttemptOutcome::Failed(e),
                 Ok(Err(panic)) => AttemptOutcome::Panicked(panic_message(panic.as_ref())),
                 Err(_) => {
-                    cancel.cancel();
+                    scope.cancellation().cancel();
                     AttemptOutcome::TimedOut(timeout)
                 }
             },
