@@ -67,6 +67,9 @@ impl Queue for FlakyClaims {
     async fn redrive(&self, id: MessageId) -> Result<bool, QueueError> {
         self.inner.redrive(id).await
     }
+    async fn purge_dead(&self, failed_before: netscript::time::Timestamp, limit: usize) -> Result<usize, QueueError> {
+        self.inner.purge_dead(failed_before, limit).await
+    }
     async fn cancel(&self, id: MessageId) -> Result<Cancelled, QueueError> {
         self.inner.cancel(id).await
     }

@@ -114,16 +114,18 @@ pub struct Scaling {
     pub concurrency: usize,
 }
 
-/// How long execution history is kept. Worker processes prune the records of executions that
-/// ended more than `kv_days` ago, in bounded batches (see
-/// [`ExecutionStore::prune`](crate::store::ExecutionStore::prune)); waiting and running ones
-/// are never pruned.
+/// How long history is kept. Worker processes prune, in bounded batches, the records of
+/// executions that ended more than `kv_days` ago (see
+/// [`ExecutionStore::prune`](crate::store::ExecutionStore::prune); waiting and running ones
+/// are never pruned), and the dead letters that failed more than `db_days` ago (see
+/// [`Queue::purge_dead`](crate::queue::Queue::purge_dead)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention {
     /// Days an ended execution's record stays in the key-value store (0: forever).
     pub kv_days: u32,
-    /// Days in a database that keeps history. No backend keeps a history apart from the
-    /// key-value store yet, so only `kv_days` applies today.
+    /// Days a dead letter stays in the queue's dead-letter store, where it can be redriven
+    /// (0: forever). The dead-letter store is queue-wide, so only the process's retention
+    /// ([`WorkersConfig::retention`]) sets it; a group's `db_days` is not used.
     pub db_days: u32,
 }
 
@@ -131,6 +133,11 @@ impl Retention {
     /// How long an ended record is kept in the key-value store; `None` for forever.
     pub fn kv(&self) -> Option<Duration> {
         (self.kv_days > 0).then(|| Duration::from_secs(u64::from(self.kv_days) * 86_400))
+    }
+
+    /// How long a dead letter is kept; `None` for forever.
+    pub fn db(&self) -> Option<Duration> {
+        (self.db_days > 0).then(|| Duration::from_secs(u64::from(self.db_days) * 86_400))
     }
 }
 
@@ -214,7 +221,8 @@ pub struct WorkersConfig {
     /// Per-topic worker groups.
     pub groups: BTreeMap<String, GroupConfig>,
     /// Retention of execution history for topics in no group (`NETSCRIPT_RETENTION_DAYS` sets
-    /// `kv_days`; default 7).
+    /// `kv_days`; default 7), and of the queue's dead letters
+    /// (`NETSCRIPT_DEAD_LETTER_RETENTION_DAYS` sets `db_days`; default 90).
     pub retention: Retention,
     /// Where attempts run.
     pub runner: RunnerMode,
@@ -473,13 +481,18 @@ impl WorkersConfig {
         if let Some(v) = var("NETSCRIPT_RUNNER") {
             self.runner = v.parse()?;
         }
-        if let Some(v) = var("NETSCRIPT_RETENTION_DAYS") {
-            self.retention.kv_days = v.trim().parse().map_err(|_| ConfigError::Invalid {
+        // Whole days, 0 for forever.
+        let days = |name: &str, v: String, kept: &str| {
+            v.trim().parse::<u32>().map_err(|_| ConfigError::Invalid {
                 field: "retention",
-                message: format!(
-                    "NETSCRIPT_RETENTION_DAYS=`{v}` is not a whole number of days (0 keeps history forever)"
-                ),
-            })?;
+                message: format!("{name}=`{v}` is not a whole number of days (0 keeps {kept} forever)"),
+            })
+        };
+        if let Some(v) = var("NETSCRIPT_RETENTION_DAYS") {
+            self.retention.kv_days = days("NETSCRIPT_RETENTION_DAYS", v, "history")?;
+        }
+        if let Some(v) = var("NETSCRIPT_DEAD_LETTER_RETENTION_DAYS") {
+            self.retention.db_days = days("NETSCRIPT_DEAD_LETTER_RETENTION_DAYS", v, "dead letters")?;
         }
         if let Some(v) = var("NETSCRIPT_SCHEDULER") {
             self.scheduler = parse_switch(&v).ok_or_else(|| ConfigError::Invalid {
@@ -581,6 +594,19 @@ mod tests {
         assert_eq!(c.retention.kv(), None);
         let e = c.apply_vars(vars(&[("NETSCRIPT_RETENTION_DAYS", "a week")])).unwrap_err();
         assert!(e.to_string().contains("NETSCRIPT_RETENTION_DAYS=`a week`"), "{e}");
+    }
+
+    #[test]
+    fn dead_letter_retention_comes_from_the_environment() {
+        let mut c = WorkersConfig::default();
+        assert_eq!(c.retention.db(), Some(Duration::from_secs(90 * 86_400)));
+        c.apply_vars(vars(&[("NETSCRIPT_DEAD_LETTER_RETENTION_DAYS", " 30 ")])).unwrap();
+        assert_eq!(c.retention.db(), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(c.retention.kv(), Some(Duration::from_secs(7 * 86_400)), "kv_days is left alone");
+        c.apply_vars(vars(&[("NETSCRIPT_DEAD_LETTER_RETENTION_DAYS", "0")])).unwrap();
+        assert_eq!(c.retention.db(), None);
+        let e = c.apply_vars(vars(&[("NETSCRIPT_DEAD_LETTER_RETENTION_DAYS", "-1")])).unwrap_err();
+        assert!(e.to_string().contains("NETSCRIPT_DEAD_LETTER_RETENTION_DAYS=`-1`"), "{e}");
     }
 
     #[test]

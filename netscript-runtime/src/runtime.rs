@@ -71,17 +71,19 @@ pub const SHUTDOWN_WORKERS: i32 = 10;
 /// A shutdown priority for the app's own resources, after the workers drained.
 pub const SHUTDOWN_APP: i32 = 100;
 
-/// How often a worker process prunes ended executions past their retention.
+/// How often a worker process prunes ended executions and dead letters past their retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
-/// Records read per prune batch.
+/// Records read per prune batch, and dead letters deleted per purge call.
 const PRUNE_BATCH: usize = 1000;
 
 /// Most records [`Runtime::finished_per_topic`] reads.
 pub const RECENT_SCAN: usize = 10_000;
 
 /// Prunes ended executions past their retention (each job's topic's group, or the process's)
-/// shortly after the workers start, then every [`PRUNE_EVERY`], until `stop` fires. Several
-/// processes may prune at once: deletes of the same records are harmless.
+/// and dead letters past the process's `db_days` (the dead-letter store is queue-wide, so a
+/// group's `db_days` does not apply to it), shortly after the workers start, then every
+/// [`PRUNE_EVERY`], until `stop` fires. Either retention runs alone when the other keeps
+/// forever. Several processes may prune at once: deletes of the same records are harmless.
 async fn prune_history(rt: Runtime, stop: CancellationToken) {
     let c = &rt.inner.config;
     let topics: HashMap<&str, &str> = rt.inner.registry.iter().map(|j| (j.id, j.topic)).collect();
@@ -90,7 +92,10 @@ async fn prune_history(rt: Runtime, stop: CancellationToken) {
         group.map_or(c.retention, |g| g.retention).kv()
     };
     let shortest = c.groups.values().map(|g| g.retention).chain([c.retention]).filter_map(|r| r.kv()).min();
-    let Some(shortest) = shortest else { return };
+    let dead_retention = c.retention.db();
+    if shortest.is_none() && dead_retention.is_none() {
+        return;
+    }
     let mut wait = Duration::from_secs(5);
     loop {
         tokio::select! {
@@ -98,12 +103,39 @@ async fn prune_history(rt: Runtime, stop: CancellationToken) {
             () = tokio::time::sleep(wait) => {}
         }
         wait = PRUNE_EVERY;
-        match rt.inner.store.prune(retention, shortest, Timestamp::now(), PRUNE_BATCH).await {
-            Ok(p) if p.deleted > 0 => {
-                tracing::info!(deleted = p.deleted, scanned = p.scanned, "pruned execution history")
+        if let Some(shortest) = shortest {
+            match rt.inner.store.prune(retention, shortest, Timestamp::now(), PRUNE_BATCH).await {
+                Ok(p) if p.deleted > 0 => {
+                    tracing::info!(deleted = p.deleted, scanned = p.scanned, "pruned execution history")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning execution history failed; trying again later"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "pruning execution history failed; trying again later"),
+        }
+        if let Some(keep) = dead_retention {
+            let keep = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+            let before = Timestamp(Timestamp::now().as_millis().saturating_sub(keep));
+            let mut deleted = 0;
+            // Bounded batches, yielding between them: one purge never holds the backend, nor
+            // this executor thread, for long.
+            loop {
+                match rt.inner.queue.purge_dead(before, PRUNE_BATCH).await {
+                    Ok(n) => {
+                        deleted += n;
+                        if n < PRUNE_BATCH || stop.is_cancelled() {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pruning dead letters failed; trying again later");
+                        break;
+                    }
+                }
+            }
+            if deleted > 0 {
+                tracing::info!(deleted, "pruned dead letters");
+            }
         }
     }
 }

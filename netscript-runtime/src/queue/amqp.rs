@@ -56,7 +56,7 @@
 //! Settlements: ack, dead-letter and retry ack the delivery after the KV write (a retry first
 //! publishes its copy, confirmed, to the delay queue or the topic queue); a dead letter is
 //! kept in the KV's dead-letter store (not in a broker dead-letter queue: `dead_letters` and
-//! `redrive` need to find it by id). A release keeps the delivery unacked and puts it back in
+//! `redrive` need to find it by id; `purge_dead` deletes it with its record). A release keeps the delivery unacked and puts it back in
 //! the buffer, behind what became visible meanwhile.
 //!
 //! Not exact: `ready` is the broker's count of messages in the topic queues plus this
@@ -358,6 +358,16 @@ impl Keys {
     }
     fn stale(&self, instance: uuid::Uuid) -> Key {
         self.under("s").with(instance.as_bytes().to_vec())
+    }
+}
+
+/// The failure time and id of a dead-letter key (see [`Keys::dead`]).
+fn dead_key_parts(key: &Key) -> Option<(u64, MessageId)> {
+    match key.parts() {
+        [.., crate::kv::KeyPart::Int(at), crate::kv::KeyPart::Bytes(id)] => {
+            Some((u64::try_from(*at).ok()?, id_from_bytes(id)?))
+        }
+        _ => None,
     }
 }
 
@@ -2398,6 +2408,66 @@ impl Queue for AmqpQueue {
             return Ok(true);
         }
         Err(backend("redrive kept conflicting with concurrent changes"))
+    }
+
+    async fn purge_dead(&self, failed_before: Timestamp, limit: usize) -> Result<usize, QueueError> {
+        let s = &self.shared;
+        let cutoff = failed_before.as_millis();
+        let mut purged = 0;
+        // A dead letter redriven (or purged by another process) meanwhile fails its check;
+        // the next round reads the store again.
+        for _ in 0..KV_ATTEMPTS {
+            if purged >= limit {
+                break;
+            }
+            let listed =
+                s.kv.list(ListOptions::prefix(s.keys.under("x")).limit(limit - purged)).await.map_err(kv_error)?;
+            // Key order is failure-time order: stop at the first one too recent.
+            let mut due = Vec::with_capacity(listed.len());
+            for entry in listed {
+                let Some((failed_at, id)) = dead_key_parts(&entry.key) else {
+                    return Err(QueueError::Corrupt {
+                        backend: BACKEND,
+                        message: format!("dead-letter key {} is not (failure time, id)", entry.key),
+                    });
+                };
+                if failed_at >= cutoff {
+                    break;
+                }
+                due.push((entry, failed_at, id));
+            }
+            if due.is_empty() {
+                break;
+            }
+            let record_keys: Vec<Key> = due.iter().map(|(_, _, id)| s.keys.record(*id)).collect();
+            let records = s.kv.get_many(&record_keys).await.map_err(kv_error)?;
+            let mut writes = Vec::with_capacity(due.len());
+            for ((entry, failed_at, id), record) in due.iter().zip(records) {
+                let mut write =
+                    AtomicWrite::new().check(entry.key.clone(), Some(entry.versionstamp)).delete(entry.key.clone());
+                // The record goes with its dead letter; a record of another life of the id
+                // (or none) is left alone.
+                if let Some(record_entry) = record {
+                    let r = Record::decode(&record_entry)?;
+                    if r.state == RecState::Dead && r.dead_at == Some(*failed_at) {
+                        write = write
+                            .check(record_entry.key.clone(), Some(record_entry.versionstamp))
+                            .delete(record_entry.key.clone());
+                        if let Some(k) = &r.ik {
+                            write = write.set_with_ttl(s.keys.idempotency(k), id.as_bytes().to_vec(), s.window());
+                        }
+                    }
+                }
+                writes.push(write);
+            }
+            let results = s.kv.atomic_many(writes).await.map_err(kv_error)?;
+            let done = results.iter().filter(|r| r.is_some()).count();
+            purged += done;
+            if done == results.len() {
+                break;
+            }
+        }
+        Ok(purged)
     }
 
     async fn cancel(&self, id: MessageId) -> Result<Cancelled, QueueError> {

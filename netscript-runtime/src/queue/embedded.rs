@@ -597,6 +597,42 @@ impl Queue for EmbeddedQueue {
             .map_err(queue_error)
     }
 
+    async fn purge_dead(&self, failed_before: Timestamp, limit: usize) -> Result<usize, QueueError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let queue = Arc::clone(&self.name);
+        let window = self.idempotency_window;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db
+            .call(move |tx| {
+                let conn = tx.conn();
+                // Oldest first, from the `queue_dead` index.
+                let purged: Vec<(Vec<u8>, Option<String>)> = conn
+                    .prepare_cached(
+                        "DELETE FROM queue_messages WHERE rowid IN (
+                             SELECT rowid FROM queue_messages WHERE queue = ?1 AND state = 3 AND at < ?2
+                             ORDER BY at, seq LIMIT ?3)
+                         RETURNING id, idempotency_key",
+                    )?
+                    .query_map(params![&*queue, millis(failed_before), limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let expires = millis(Timestamp::now().plus(window));
+                let mut remember = conn.prepare_cached(
+                    "UPDATE queue_idempotency SET expires_at = ?4
+                     WHERE queue = ?1 AND key = ?2 AND message_id = ?3",
+                )?;
+                for (id, key) in &purged {
+                    if let Some(key) = key {
+                        remember.execute(params![&*queue, key, id, expires])?;
+                    }
+                }
+                Ok(purged.len())
+            })
+            .await
+            .map_err(queue_error)
+    }
+
     async fn cancel(&self, id: MessageId) -> Result<Cancelled, QueueError> {
         let queue = Arc::clone(&self.name);
         let window = self.idempotency_window;

@@ -372,6 +372,23 @@ impl Queue for MemoryQueue {
         Ok(true)
     }
 
+    async fn purge_dead(&self, failed_before: Timestamp, limit: usize) -> Result<usize, QueueError> {
+        let now = Timestamp::now();
+        let mut st = self.lock();
+        let mut purged = 0;
+        while purged < limit {
+            let Some((&(failed_at, seq), _)) = st.dead.first_key_value() else { break };
+            if failed_at >= failed_before {
+                break;
+            }
+            if let Some(id) = st.dead.remove(&(failed_at, seq)) {
+                st.remove(id, now, self.idempotency_window);
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
     async fn cancel(&self, id: MessageId) -> Result<Cancelled, QueueError> {
         let now = Timestamp::now();
         let mut st = self.lock();

@@ -364,6 +364,16 @@ pub trait Queue: Send + Sync + 'static {
     /// `false` if no dead letter has this id.
     async fn redrive(&self, id: MessageId) -> Result<bool, QueueError>;
 
+    /// Deletes up to `limit` dead letters whose [`DeadLetter::failed_at`] is strictly before
+    /// `failed_before`, oldest first, and returns how many it deleted: the dead-letter
+    /// retention, called by the runtime's pruner in bounded batches until a call deletes fewer
+    /// than `limit`.
+    ///
+    /// A purged message is finished: it can no longer be redriven, and an idempotency key it
+    /// held (a dead letter keeps its key, so a duplicate enqueue does not run it again) is
+    /// remembered for the idempotency window from the purge, as after an ack, then forgotten.
+    async fn purge_dead(&self, failed_before: Timestamp, limit: usize) -> Result<usize, QueueError>;
+
     /// Removes a waiting message so it never runs; leaves a leased one to its holder (see
     /// [`Cancelled`]). An idempotency key it held is remembered as after an ack.
     async fn cancel(&self, id: MessageId) -> Result<Cancelled, QueueError>;

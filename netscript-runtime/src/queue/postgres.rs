@@ -25,7 +25,8 @@
 //!   each key with `INSERT .. ON CONFLICT DO UPDATE .. WHERE lease_until <= now()`: two
 //!   claimers racing for one key serialize on the primary key and only one wins.
 //! - `queue_idempotency` holds idempotency keys: held while the message waits, runs or is
-//!   dead; after an ack or a cancel, remembered until `expires_at` and then pruned.
+//!   dead; after an ack, a cancel or the purge of its dead letter, remembered until
+//!   `expires_at` and then pruned.
 //!
 //! Every call is one statement (one round trip, one implicit transaction), prepared once per
 //! connection; batches go in as arrays through `unnest`. With
@@ -104,6 +105,7 @@ struct Sql {
     settle: String,
     dead_letters: String,
     redrive: String,
+    purge_dead: String,
     cancel: String,
     stats: String,
     topic_stats: String,
@@ -332,6 +334,25 @@ impl Sql {
                     INSERT INTO {topics} (queue, topic) SELECT queue, topic FROM d ON CONFLICT DO NOTHING
                 )
                 SELECT (SELECT count(*) FROM ins)"
+            ),
+            // Oldest first (the `queue_dead_recent` index read backwards); rows a redrive or
+            // another pruner holds are left to them. A key is not touched when a message with
+            // the purged id lives again in the queue (its id was enqueued anew): it holds it.
+            purge_dead: format!(
+                "WITH victims AS (
+                    SELECT id FROM {dead} WHERE queue = $1 AND failed_at < $2
+                    ORDER BY failed_at, seq LIMIT $3
+                    FOR UPDATE SKIP LOCKED
+                ),
+                d AS (
+                    DELETE FROM {dead} x USING victims v WHERE x.id = v.id RETURNING x.id, x.idempotency_key
+                ),
+                remembered AS (
+                    UPDATE {idem} i SET expires_at = now() + $4::int8 {us}
+                    FROM d WHERE i.queue = $1 AND i.key = d.idempotency_key AND i.message_id = d.id
+                      AND NOT EXISTS (SELECT 1 FROM {m} WHERE id = d.id)
+                )
+                SELECT count(*) FROM d"
             ),
             cancel: format!(
                 "WITH del AS (
@@ -976,6 +997,21 @@ impl Queue for PostgresQueue {
             self.db.notify(&self.channel, self.name.to_string());
         }
         Ok(moved)
+    }
+
+    async fn purge_dead(&self, failed_before: Timestamp, limit: usize) -> Result<usize, QueueError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let window = micros(self.idempotency_window);
+        let before = failed_before.to_system_time();
+        let rows = self.query(&self.sql.purge_dead, &[&&*self.name, &before, &limit, &window]).await?;
+        let purged = match rows.first() {
+            Some(row) => count(row, 0).map_err(|e| self.db.error(&e))?,
+            None => 0,
+        };
+        Ok(usize::try_from(purged).unwrap_or(usize::MAX))
     }
 
     async fn cancel(&self, id: MessageId) -> Result<Cancelled, QueueError> {

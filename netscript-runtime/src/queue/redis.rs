@@ -19,7 +19,7 @@
 //! | `dead` | sorted set | dead letters, scored by failure time |
 //! | `locks` | hash | concurrency key → the id of the message that holds it |
 //! | `p:<key>` | sorted set, scores 0 | messages parked behind a held concurrency key, in claim order |
-//! | `i:<key>` | string | idempotency key → message id; no TTL while the message lives, the idempotency window after it finished |
+//! | `i:<key>` | string | idempotency key → message id; no TTL while the message lives (dead letters included), the idempotency window after it finished or its dead letter was purged |
 //! | `topics` | set | every topic ever enqueued to |
 //! | `n` | hash | per-topic counts of parked, delayed, leased and dead messages (`p:<topic>`, ...) |
 //! | `seq`, `stale` | strings | the sequence counter and the count of refused settlements |
@@ -484,6 +484,27 @@ finish()
 return 1
 "#;
 
+/// ARGV[4] = failed before (ms), ARGV[5] = limit. Deletes the oldest dead letters that
+/// failed before, remembering their idempotency keys for the window; returns how many.
+const PURGE_DEAD: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', B .. 'dead', '-inf', '(' .. ARGV[4], 'LIMIT', 0, tonumber(ARGV[5]))
+local n = 0
+for _, id in ipairs(ids) do
+  local mk = B .. 'm:' .. id
+  local f = redis.call('HMGET', mk, 's', 't', 'ik')
+  -- An entry whose message is gone or no longer dead is only dropped from the set.
+  if f[1] == 'x' then
+    redis.call('DEL', mk)
+    if f[2] then delta('x', f[2], -1) end
+    remember(f[3], id)
+    n = n + 1
+  end
+end
+chunked('ZREM', B .. 'dead', ids, 1)
+finish()
+return n
+"#;
+
 /// ARGV[4] = limit. Returns the newest dead letters: the claim fields, then failed at.
 const DEAD_LETTERS: &str = r#"
 local ids = redis.call('ZREVRANGE', B .. 'dead', 0, tonumber(ARGV[4]) - 1)
@@ -524,6 +545,7 @@ static EXTEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(EXTEND));
 static CANCEL_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CANCEL));
 static REDRIVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(REDRIVE));
 static DEAD_LETTERS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(DEAD_LETTERS));
+static PURGE_DEAD_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(PURGE_DEAD));
 static STATS_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(STATS));
 
 /// The queue on a Redis server. Cheap to clone; clones share the same queue.
@@ -947,6 +969,17 @@ impl Queue for RedisQueue {
         Ok(int(&self.invoke(&inv).await?) == Some(1))
     }
 
+    async fn purge_dead(&self, failed_before: Timestamp, limit: usize) -> Result<usize, QueueError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let mut inv = self.invocation(&PURGE_DEAD_SCRIPT);
+        // Lua numbers count exactly far beyond any batch a pruner asks for.
+        inv.arg(failed_before.as_millis()).arg(limit.min(1_000_000_000));
+        let purged = int(&self.invoke(&inv).await?).ok_or_else(|| corrupt("purge_dead: expected a count".into()))?;
+        Ok(usize::try_from(purged).unwrap_or(0))
+    }
+
     async fn cancel(&self, id: MessageId) -> Result<Cancelled, QueueError> {
         let mut inv = self.invocation(&CANCEL_SCRIPT);
         inv.arg(id.to_string());
@@ -1054,6 +1087,7 @@ mod tests {
             &*CANCEL_SCRIPT,
             &*REDRIVE_SCRIPT,
             &*DEAD_LETTERS_SCRIPT,
+            &*PURGE_DEAD_SCRIPT,
             &*STATS_SCRIPT,
         ];
         let hashes: HashSet<&str> = all.iter().map(|s| s.get_hash()).collect();
