@@ -46,6 +46,11 @@ const TOKEN: &str = "fuzz-token";
 
 /// A memory runtime with a shell task, configured further by `configure`.
 async fn runtime_with(configure: impl FnOnce(&mut WorkersConfig)) -> Runtime {
+    runtime_on(QueueProvider::Memory, configure).await
+}
+
+/// A runtime on `provider` with a shell task, configured further by `configure`.
+async fn runtime_on(provider: QueueProvider, configure: impl FnOnce(&mut WorkersConfig)) -> Runtime {
     let task = define_task("echo-task")
         .runtime(TaskRuntime::Shell)
         .entrypoint("echo hello")
@@ -53,14 +58,7 @@ async fn runtime_with(configure: impl FnOnce(&mut WorkersConfig)) -> Runtime {
         .description("Says hello.")
         .build()
         .unwrap();
-    Runtime::builder()
-        .ignore_env()
-        .provider(QueueProvider::Memory)
-        .configure(configure)
-        .task(task)
-        .build()
-        .await
-        .expect("runtime")
+    Runtime::builder().ignore_env().provider(provider).configure(configure).task(task).build().await.expect("runtime")
 }
 
 struct Served {
@@ -343,6 +341,78 @@ async fn dead_letters_are_listed_and_redriven() {
     let (_, record) = api.call("GET", &format!("/api/v1/workers/executions/{}", ids[1]), "").await;
     assert_eq!(record["status"], "queued");
 
+    api.stop().await;
+}
+
+/// The broker goes away under a serving API (a `redis-server` of the test's own, killed):
+/// every route that needs it answers 503 `backend_unavailable` promptly, never a 500 or a hung
+/// request; `/health` and the routes that need no backend still answer; and once the server
+/// is back every route works again with nothing lost.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_is_503_where_the_broker_is_needed_and_then_recovers() {
+    let mut redis = support::own_redis::OwnRedis::start();
+    let url = redis.url();
+    let namespace = support::unique_namespace("outage");
+    let rt = runtime_on(QueueProvider::Redis, |c| {
+        support::configure(c, QueueProvider::Redis, &namespace);
+        c.brokers.redis = Some(netscript::config::BrokerUrl::new(url));
+    })
+    .await;
+    let api = serve(&rt, false).await;
+    let trigger = "/api/v1/workers/jobs/send-invoice/trigger";
+    let (status, body) = api.call("POST", trigger, r#"{"customer":"c1","amountCents":1}"#).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["executionId"].as_str().unwrap().to_owned();
+
+    tokio::task::block_in_place(|| redis.kill());
+    let execution = format!("/api/v1/workers/executions/{id}");
+    let cancel = format!("/api/v1/workers/executions/{id}/cancel");
+    let redrive = format!("/api/v1/workers/dead-letters/{id}/redrive");
+    let needs_the_broker: [(&str, &str, &str); 12] = [
+        ("POST", trigger, r#"{"customer":"c2","amountCents":2}"#),
+        ("GET", "/api/v1/workers/executions", ""),
+        ("GET", &execution, ""),
+        ("POST", &cancel, ""),
+        ("GET", "/api/v1/workers/dead-letters", ""),
+        ("POST", "/api/v1/workers/dead-letters/redrive", ""),
+        ("POST", &redrive, ""),
+        ("GET", "/api/v1/workers/queue", ""),
+        ("GET", "/api/v1/workers/topics", ""),
+        ("GET", "/metrics", ""),
+        ("POST", "/api/v1/workers/seed", ""),
+        ("GET", "/api/v1/workers/jobs?source=store", ""),
+    ];
+    for (method, path, body) in needs_the_broker {
+        let began = std::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(30), api.call(method, path, body))
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path} hung with the broker down"));
+        let message = assert_error(&answer, 503, "backend_unavailable");
+        assert!(began.elapsed() < Duration::from_secs(15), "{method} {path} took {:?}", began.elapsed());
+        assert!(!message.contains("panicked"), "{method} {path}: {message}");
+    }
+    let (status, health) = api.call("GET", "/health", "").await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")), "{health}");
+    assert_eq!(api.call("GET", "/api/v1/workers/jobs", "").await.0, 200, "this binary's jobs need no broker");
+    assert_eq!(api.call("GET", "/api/v1/openapi.json", "").await.0, 200);
+
+    tokio::task::block_in_place(|| redis.spawn());
+    let mut back = (0, Value::Null);
+    for _ in 0..300 {
+        back = api.call("GET", &execution, "").await;
+        if back.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((back.0, back.1["status"].as_str()), (200, Some("queued")), "the record survived: {}", back.1);
+    let (status, body) = api.call("POST", trigger, r#"{"customer":"c3","amountCents":3}"#).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, queue) = api.call("GET", "/api/v1/workers/queue", "").await;
+    assert_eq!((status, queue["ready"].as_u64()), (200, Some(2)), "{queue}");
+    assert_eq!(api.call("GET", "/metrics", "").await.0, 200);
+    assert_eq!(api.call("POST", "/api/v1/workers/seed", "").await.0, 200);
     api.stop().await;
 }
 

@@ -7,6 +7,8 @@
 #![allow(dead_code)] // each user takes what it needs
 
 pub mod http;
+#[cfg(feature = "redis")]
+pub mod own_redis;
 
 use netscript::config::BrokerUrl;
 use netscript::{QueueProvider, WorkersConfig};
