@@ -211,6 +211,7 @@ async fn redis_db(config: &WorkersConfig) -> Result<Arc<crate::redis::RedisDb>, 
     let db = connect_with_retry("redis", url, config.broker_wait, || {
         let mut options = RedisOptions::new(url.url.clone());
         options.prefix = config.namespace.clone();
+        options.tls_ca = config.brokers.redis_tls_ca.clone();
         RedisDb::connect(options)
     })
     .await?;

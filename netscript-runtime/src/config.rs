@@ -304,7 +304,8 @@ pub fn redact_url(url: &str) -> String {
 /// The brokers a runtime may use. From the environment: PostgreSQL from `DATABASE_URL` or
 /// `POSTGRES_URL`; Redis from `REDIS_URL`, `REDIS_URI`, `GARNET_URI`, `services__redis__*`, or
 /// `CACHE_PROVIDER=redis|garnet` (then `redis://127.0.0.1:6379`); RabbitMQ from `RABBITMQ_URL`,
-/// `AMQP_URL` or `services__rabbitmq__*`. Setting a URL does not choose the provider: `auto`
+/// `AMQP_URL` or `services__rabbitmq__*`; the CAs of a `rediss://` server from
+/// `REDIS_TLS_CA_FILE`. Setting a URL does not choose the provider: `auto`
 /// discovery does (see [`crate::backends`]), or `queue_provider`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Brokers {
@@ -314,6 +315,9 @@ pub struct Brokers {
     pub redis: Option<BrokerUrl>,
     /// RabbitMQ.
     pub amqp: Option<BrokerUrl>,
+    /// A PEM file of the certificate authorities a `rediss://` server's certificate is checked
+    /// against, instead of the system's (`REDIS_TLS_CA_FILE`): for a private CA.
+    pub redis_tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Brokers {
@@ -353,6 +357,7 @@ impl Brokers {
             postgres: first(&["DATABASE_URL", "POSTGRES_URL"]),
             redis,
             amqp: first(&["RABBITMQ_URL", "AMQP_URL"]).or_else(|| service("services__rabbitmq__", "amqp")),
+            redis_tls_ca: var("REDIS_TLS_CA_FILE").filter(|v| !v.trim().is_empty()).map(|v| v.trim().into()),
         }
     }
 
@@ -362,6 +367,7 @@ impl Brokers {
             postgres: self.postgres.or(other.postgres),
             redis: self.redis.or(other.redis),
             amqp: self.amqp.or(other.amqp),
+            redis_tls_ca: self.redis_tls_ca.or(other.redis_tls_ca),
         }
     }
 }
@@ -668,6 +674,7 @@ mod tests {
             ("AMQP_URL", "amqp://guest:guest@mq:5672/%2f"),
             ("services__redis__tcp__0", "tcp://cache:6379"),
             ("POSTGRES_URL", "postgres://app:pw@db/app"),
+            ("REDIS_TLS_CA_FILE", " /etc/ssl/private-ca.pem "),
         ];
         let names: Vec<String> = pairs.iter().map(|(k, _)| k.to_string()).collect();
         let var = |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string());
@@ -677,6 +684,7 @@ mod tests {
         assert_eq!(b.amqp.as_ref().unwrap().source, "AMQP_URL");
         assert_eq!(b.redis.as_ref().unwrap().url, "redis://cache:6379");
         assert_eq!(b.postgres.as_ref().unwrap().url, "postgres://app:pw@db/app");
+        assert_eq!(b.redis_tls_ca.as_deref(), Some(std::path::Path::new("/etc/ssl/private-ca.pem")));
         let shown = format!("{c:?}");
         assert!(!shown.contains("pw@") && !shown.contains("guest@"), "{shown}");
         assert_eq!(redact_url("redis://:s3cret@h:1/0"), "redis://:***@h:1/0");

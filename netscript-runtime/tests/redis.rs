@@ -669,3 +669,138 @@ async fn measure() {
     let (slowest, last) = time_claims(&small, 20).await;
     println!("claim of 32 from a backlog of 1000: slowest {slowest:?}, last {last:?}");
 }
+
+/// A `redis-server` of the test's own that speaks only TLS, with a certificate from a CA made
+/// for the test (`openssl`); killed on drop.
+struct TlsRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl TlsRedis {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl").args(args).current_dir(dir.path()).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=netscript test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--tls-cert-file", "server.crt", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt"])
+            .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (is it installed?)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server with TLS on port {port} did not come up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        TlsRedis { port, dir, child }
+    }
+
+    fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `rediss://` with the server's CA: the queue and the KV store work over TLS. Without the CA
+/// (the system's roots do not know it) connecting fails with a clear error, and a plain
+/// `redis://` to the TLS port never gets a `PONG`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_works_and_an_unknown_ca_is_refused() {
+    let server = TlsRedis::start();
+    let options = RedisOptions::new(server.url()).prefix("tls").tls_ca_file(server.ca());
+    let db = Arc::new(RedisDb::connect(options).await.expect("TLS connection with the test's CA"));
+    let queue = RedisQueue::new(Arc::clone(&db), "tls-jobs");
+    queue.enqueue(vec![msg(1), msg(2)]).await.unwrap();
+    let claimed = queue.claim(request(10)).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    for d in claimed {
+        assert_eq!(queue.settle_one(Settlement::Ack(d.lease)).await.unwrap(), Settled::Ok);
+    }
+    let kv = RedisKv::new(Arc::clone(&db));
+    let key = Key::from(("tls", "greeting"));
+    kv.set(key.clone(), b"over TLS".to_vec()).await.unwrap();
+    assert_eq!(kv.get(&key).await.unwrap().unwrap().value, b"over TLS");
+
+    let unknown =
+        RedisDb::connect(RedisOptions::new(server.url()).prefix("tls").connect_timeout(Duration::from_secs(3))).await;
+    let message = match unknown {
+        Ok(_) => panic!("a server whose CA nobody trusts was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(message.contains(&format!("127.0.0.1:{}", server.port)), "{message}");
+    assert!(message.contains("UnknownIssuer"), "the reason is the certificate: {message}");
+    let missing =
+        RedisDb::connect(RedisOptions::new(server.url()).tls_ca_file(server.dir.path().join("nope.pem"))).await;
+    match missing {
+        Ok(_) => panic!("a missing CA file was accepted"),
+        Err(e) => assert!(e.to_string().contains("nope.pem"), "{e}"),
+    }
+    let plain = RedisDb::connect(
+        RedisOptions::new(format!("redis://127.0.0.1:{}", server.port)).connect_timeout(Duration::from_secs(2)),
+    )
+    .await;
+    assert!(plain.is_err(), "plain text to a TLS port");
+}

@@ -71,9 +71,12 @@ const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct RedisOptions {
-    /// `redis://[user:password@]host[:port][/db]`. TLS (`rediss://`) needs the `redis`
-    /// crate's `tokio-rustls-comp` feature, which this crate does not turn on.
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS: the server's
+    /// certificate is checked against the system's roots, or against [`Self::tls_ca`].
     pub url: String,
+    /// A PEM file of the certificate authorities to check a `rediss://` server against
+    /// instead of the system's (a private CA). Ignored for `redis://`.
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Every key and channel starts with `{prefix}:` (default `netscript`).
     pub prefix: String,
     /// How long connecting may take before it fails (default 5 s).
@@ -87,10 +90,17 @@ impl RedisOptions {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            tls_ca: None,
             prefix: "netscript".into(),
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// Checks a `rediss://` server's certificate against the CAs in this PEM file.
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls_ca = Some(path.into());
+        self
     }
 
     /// Sets the key prefix.
@@ -227,13 +237,32 @@ impl Drop for RedisDb {
     }
 }
 
+/// The client for `options.url`: over TLS with `options.tls_ca`'s authorities when given.
+fn client(options: &RedisOptions, url: &str) -> Result<::redis::Client, RedisError> {
+    let bad_url = |message: String| RedisError::Url { url: url.to_owned(), message };
+    if options.url.starts_with("rediss://") {
+        // rustls on ring, the provider this crate builds in; an app that installed its own
+        // first keeps it (the call fails, harmlessly).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    match &options.tls_ca {
+        Some(path) if options.url.starts_with("rediss://") => {
+            let pem = std::fs::read(path)
+                .map_err(|e| bad_url(format!("cannot read the TLS CA file {}: {e}", path.display())))?;
+            let certificates = ::redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+            ::redis::Client::build_with_tls(options.url.as_str(), certificates)
+                .map_err(|e| bad_url(format!("the TLS CA file {} is not usable: {e}", path.display())))
+        }
+        _ => ::redis::Client::open(options.url.as_str()).map_err(|e| bad_url(e.to_string())),
+    }
+}
+
 impl RedisDb {
     /// Connects to the server, checks that it answers, and subscribes to the store's channels.
     /// Must be called inside a Tokio runtime, which runs the connections' tasks.
     pub async fn connect(options: RedisOptions) -> Result<RedisDb, RedisError> {
         let url = redact_url(&options.url);
-        let client = ::redis::Client::open(options.url.as_str())
-            .map_err(|e| RedisError::Url { url: url.clone(), message: e.to_string() })?;
+        let client = client(&options, &url)?;
         let connect_error = |message: String| RedisError::Connect { url: url.clone(), message };
         let config = ::redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
