@@ -63,6 +63,18 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// fall behind (about 32 MB with 4 KB pages).
 const WRITER_AUTOCHECKPOINT: u32 = 8192;
 
+/// The page cache of a connection, in KiB (`PRAGMA cache_size = -N`).
+///
+/// Bigger is slower here. When a B-tree page splits, SQLite swaps two new pages through a
+/// temporary page number (the lock page, 1 GiB into the file: `balance_nonroot`), which
+/// leaves the page cache's largest key there; every commit then truncates the cache to the
+/// database size, and with that key far past the end it scans the whole cache
+/// (`pcache1TruncateUnsafe`), cost in proportion to the cache. Measured with the throughput
+/// bench (embedded, no-op jobs, 2026-11-30): 32 MiB 56,400 jobs/s over 100,000 and 53,800
+/// over 1,000,000; 8 MiB 62,800 and 64,100; 2 MiB 66,400 and 61,600 (the big backlog's pages
+/// no longer fit). docs/BENCHMARKS.md has the runs.
+const CACHE_KIB: u32 = 8192;
+
 /// How often expired KV entries and idempotency keys are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -652,7 +664,7 @@ fn configure(conn: &Connection, options: &EmbeddedOptions) -> rusqlite::Result<(
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {sync};
          PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -32768;
+         PRAGMA cache_size = -{CACHE_KIB};
          PRAGMA journal_size_limit = 67108864;
          PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT};"
     ))?;
