@@ -27,15 +27,55 @@ use std::time::Duration;
 #[cfg(any(feature = "postgres", feature = "redis", feature = "amqp"))]
 use crate::config::BrokerUrl;
 use crate::config::{ConfigError, QueueProvider, WorkersConfig};
-use crate::kv::Kv;
-use crate::queue::Queue;
+use crate::kv::{AtomicWrite, Kv};
+use crate::queue::{Enqueued, NewMessage, Queue, QueueError};
 use crate::runtime::StartupError;
 
-/// A queue, a key-value store, and why they were chosen.
-pub(crate) type Backends = (Arc<dyn Queue>, Arc<dyn Kv>, String);
+/// A queue, a key-value store, why they were chosen, and their joint writer when they share
+/// one database.
+pub(crate) type Backends = (Arc<dyn Queue>, Arc<dyn Kv>, String, Option<Arc<dyn Joint>>);
 
-/// A queue and a key-value store.
-type BackendPair = (Arc<dyn Queue>, Arc<dyn Kv>);
+/// A queue and a key-value store, and their joint writer if they have one.
+type BackendPair = (Arc<dyn Queue>, Arc<dyn Kv>, Option<Arc<dyn Joint>>);
+
+/// What runs once a joint enqueue committed, with its outcomes.
+pub(crate) type OnCommit = Box<dyn for<'a> FnOnce(&'a [Enqueued]) + Send + 'static>;
+
+/// Enqueues messages and writes to the key-value store in one transaction, for a queue and a
+/// store in one database: an execution's queued record and its message commit together (one
+/// commit, not two, on the enqueue path of every trigger; and no record without its message).
+#[async_trait::async_trait]
+pub(crate) trait Joint: Send + Sync {
+    /// Enqueues `messages`, writing `writes[i]` with `messages[i]` when it is created (not for a
+    /// duplicate); `on_commit` runs with the outcomes once committed, before the queue hands any
+    /// of the messages to a worker.
+    async fn enqueue_with(
+        &self,
+        messages: Vec<NewMessage>,
+        writes: Vec<AtomicWrite>,
+        on_commit: OnCommit,
+    ) -> Result<Vec<Enqueued>, QueueError>;
+}
+
+/// The embedded store's queue and key-value store, in one SQLite file.
+#[cfg(feature = "embedded")]
+struct EmbeddedJoint {
+    queue: crate::queue::embedded::EmbeddedQueue,
+    kv: crate::kv::embedded::EmbeddedKv,
+}
+
+#[cfg(feature = "embedded")]
+#[async_trait::async_trait]
+impl Joint for EmbeddedJoint {
+    async fn enqueue_with(
+        &self,
+        messages: Vec<NewMessage>,
+        writes: Vec<AtomicWrite>,
+        on_commit: OnCommit,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        self.queue.enqueue_with_kv(&self.kv, messages, writes, on_commit).await
+    }
+}
 
 /// Which backends a build has, by provider.
 fn compiled(provider: QueueProvider) -> Option<&'static str> {
@@ -88,7 +128,7 @@ pub(crate) async fn open(
     kv: Option<Arc<dyn Kv>>,
 ) -> Result<Backends, StartupError> {
     if let (Some(q), Some(kv)) = (&queue, &kv) {
-        return Ok((Arc::clone(q), Arc::clone(kv), "given to the runtime builder".into()));
+        return Ok((Arc::clone(q), Arc::clone(kv), "given to the runtime builder".into(), None));
     }
     let (provider, reason) = discover(config);
     if let Some(feature) = compiled(provider) {
@@ -99,9 +139,9 @@ pub(crate) async fn open(
         }
         .into());
     }
-    let (q, k): BackendPair = match provider {
+    let (q, k, joint): BackendPair = match provider {
         QueueProvider::Memory | QueueProvider::Auto => {
-            (Arc::new(crate::queue::memory::MemoryQueue::new()), Arc::new(crate::kv::memory::MemoryKv::new()))
+            (Arc::new(crate::queue::memory::MemoryQueue::new()), Arc::new(crate::kv::memory::MemoryKv::new()), None)
         }
         QueueProvider::Embedded => open_embedded(config)?,
         QueueProvider::Postgres => open_postgres(config).await?,
@@ -109,7 +149,9 @@ pub(crate) async fn open(
         QueueProvider::Amqp => open_amqp(config, kv.clone()).await?,
     };
     tracing::info!(provider = provider.as_str(), %reason, "queue provider chosen");
-    Ok((queue.unwrap_or(q), kv.unwrap_or(k), reason))
+    // The joint writer only serves the pair it was made for.
+    let joint = joint.filter(|_| queue.is_none() && kv.is_none());
+    Ok((queue.unwrap_or(q), kv.unwrap_or(k), reason, joint))
 }
 
 /// The broker URL a provider needs, or a clear error naming the variables that set it.
@@ -166,10 +208,10 @@ fn open_embedded(config: &WorkersConfig) -> Result<BackendPair, StartupError> {
     let db = EmbeddedDb::open(&config.data_dir)
         .map_err(|e| StartupError::Backend { provider: "embedded", message: e.to_string() })?;
     let db = Arc::new(db);
-    Ok((
-        Arc::new(crate::queue::embedded::EmbeddedQueue::new(Arc::clone(&db), &config.queue_name)),
-        Arc::new(crate::kv::embedded::EmbeddedKv::new(db)),
-    ))
+    let queue = crate::queue::embedded::EmbeddedQueue::new(Arc::clone(&db), &config.queue_name);
+    let kv = crate::kv::embedded::EmbeddedKv::new(db);
+    let joint = EmbeddedJoint { queue: queue.clone(), kv: kv.clone() };
+    Ok((Arc::new(queue), Arc::new(kv), Some(Arc::new(joint))))
 }
 
 #[cfg(not(feature = "embedded"))]
@@ -196,6 +238,7 @@ async fn open_postgres(config: &WorkersConfig) -> Result<BackendPair, StartupErr
     Ok((
         Arc::new(crate::queue::postgres::PostgresQueue::new(Arc::clone(&db), &config.queue_name)),
         Arc::new(crate::kv::postgres::PostgresKv::new(db)),
+        None,
     ))
 }
 
@@ -224,6 +267,7 @@ async fn open_redis(config: &WorkersConfig) -> Result<BackendPair, StartupError>
     Ok((
         Arc::new(crate::queue::redis::RedisQueue::new(Arc::clone(&db), &config.queue_name)),
         Arc::new(crate::kv::redis::RedisKv::new(db)),
+        None,
     ))
 }
 
@@ -246,7 +290,7 @@ async fn open_amqp(config: &WorkersConfig, kv: Option<Arc<dyn Kv>>) -> Result<Ba
         AmqpQueue::connect(AmqpOptions::new(url.url.clone()), &config.queue_name, Arc::clone(&kv))
     })
     .await?;
-    Ok((Arc::new(queue), kv))
+    Ok((Arc::new(queue), kv, None))
 }
 
 #[cfg(feature = "amqp")]

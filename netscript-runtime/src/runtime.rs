@@ -240,6 +240,9 @@ struct Inner {
     states: Arc<StateMap>,
     queue: Arc<dyn Queue>,
     store: ExecutionStore,
+    /// Writes records and enqueues their messages in one transaction, when the queue and the
+    /// store share a database.
+    joint: Option<Arc<dyn crate::backends::Joint>>,
     providers: Providers,
     /// Fired when a `serve` begins shutting down: long-lived responses (event streams) end.
     stopping: CancellationToken,
@@ -463,7 +466,7 @@ impl RuntimeBuilder {
         let webhooks = arm_webhooks(self.webhooks.take().unwrap_or_else(|| WEBHOOKS.iter().collect()), |name| {
             secrets.get(name).cloned().or_else(|| use_env.then(|| std::env::var(name).ok()).flatten())
         })?;
-        let (queue, kv, reason) = crate::backends::open(&self.config, self.queue.take(), self.kv.take()).await?;
+        let (queue, kv, reason, joint) = crate::backends::open(&self.config, self.queue.take(), self.kv.take()).await?;
         let providers = Providers { queue: queue.provider(), kv: kv.provider(), reason };
         let paused = Arc::new(crate::worker::PausedTopics::default());
         paused.reload(kv.as_ref()).await.map_err(|e| StartupError::Backend {
@@ -475,6 +478,7 @@ impl RuntimeBuilder {
         Ok(Runtime {
             inner: Arc::new(Inner {
                 store: ExecutionStore::new(kv),
+                joint,
                 config: self.config,
                 registry,
                 states: Arc::new(self.states),
@@ -660,6 +664,9 @@ impl Runtime {
             });
             records.push(ExecutionRecord::queued(id, job.id, payload, job.max_attempts(), Some(correlation_id), now));
         }
+        if let Some(joint) = &self.inner.joint {
+            return self.enqueue_jointly(joint.as_ref(), messages, records).await;
+        }
         // The queued records go in first, so that no worker can have written a later state
         // yet, and a record exists from the moment its message can run. They are published
         // at once too, so the feed shows queued before anything a worker writes; except the
@@ -697,6 +704,33 @@ impl Runtime {
         self.remove_records(unused).await;
         self.inner.store.publish(created);
         Ok(receipts)
+    }
+
+    /// Enqueues with the queue and the store that share one database: each record is written
+    /// in the transaction of its message (a duplicate's is not written at all), and published
+    /// on the feed once committed, before a worker can claim the message.
+    async fn enqueue_jointly(
+        &self,
+        joint: &dyn crate::backends::Joint,
+        messages: Vec<NewMessage>,
+        records: Vec<ExecutionRecord>,
+    ) -> Result<Vec<Receipt>, EnqueueError> {
+        let writes = records.iter().map(ExecutionStore::write_of).collect();
+        let store = self.inner.store.clone();
+        let publish = move |outcomes: &[Enqueued]| {
+            if store.listened() {
+                let created = records.into_iter().zip(outcomes).filter(|(_, o)| matches!(o, Enqueued::Created(_)));
+                store.publish(created.map(|(r, _)| r).collect());
+            }
+        };
+        let outcomes = joint.enqueue_with(messages, writes, Box::new(publish)).await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Enqueued::Created(id) => Receipt { execution_id: id, duplicate: false },
+                Enqueued::Duplicate(id) => Receipt { execution_id: id, duplicate: true },
+            })
+            .collect())
     }
 
     /// Removes the queued records of messages that were never enqueued (duplicates, or a

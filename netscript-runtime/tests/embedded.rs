@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use netscript_runtime::embedded::{Durability, EmbeddedDb, EmbeddedError, EmbeddedOptions, FILE_NAME};
 use netscript_runtime::kv::embedded::EmbeddedKv;
-use netscript_runtime::kv::{Key, Kv, ListOptions};
+use netscript_runtime::kv::{AtomicWrite, Key, Kv, ListOptions};
 use netscript_runtime::queue::embedded::EmbeddedQueue;
 use netscript_runtime::queue::{ClaimRequest, Enqueued, NewMessage, Queue, Settled, Settlement};
 
@@ -291,6 +291,52 @@ async fn queues_in_one_file_are_separate() {
     // A lease of one queue cannot settle a message of another.
     assert_eq!(jobs.settle_one(Settlement::Ack(got[0].lease)).await.unwrap(), Settled::Stale);
     assert_eq!(jobs.stats().await.unwrap().ready, 1);
+}
+
+#[tokio::test]
+async fn an_enqueue_with_kv_writes_only_with_created_messages_in_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let q = EmbeddedQueue::new(Arc::clone(&db), "jobs");
+    let kv = EmbeddedKv::new(Arc::clone(&db));
+    q.enqueue_one(NewMessage::new("t", "first", vec![]).with_idempotency_key("k")).await.unwrap();
+    let mut watch = kv.watch(&Key::from(("rec",)));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let messages =
+        vec![NewMessage::new("t", "fresh", vec![]), NewMessage::new("t", "again", vec![]).with_idempotency_key("k")];
+    let ids: Vec<_> = messages.iter().map(|m| m.id).collect();
+    let writes = ids.iter().map(|id| AtomicWrite::new().set(Key::from(("rec", id.to_string())), b"queued".to_vec()));
+    let out = q
+        .enqueue_with_kv(&kv, messages, writes.collect(), move |outcomes: &[Enqueued]| {
+            tx.send(outcomes.to_vec()).unwrap();
+        })
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Enqueued::Created(id) if id == ids[0]));
+    assert!(matches!(out[1], Enqueued::Duplicate(_)), "the key is held: {out:?}");
+    assert_eq!(rx.await.unwrap(), out, "the hook ran once, with the outcomes");
+    // The created message's write is there, the duplicate's is not.
+    let fresh = kv.get(&Key::from(("rec", ids[0].to_string()))).await.unwrap();
+    assert_eq!(fresh.unwrap().value, b"queued");
+    assert!(kv.get(&Key::from(("rec", ids[1].to_string()))).await.unwrap().is_none());
+    // Watchers hear of the write like any other.
+    assert!(matches!(watch.next().await, Ok(netscript_runtime::kv::KvEvent::Set(_))));
+    assert_eq!(q.stats().await.unwrap().ready, 2);
+
+    // A store of another file, or a conditional write, is refused and nothing is written.
+    let other = EmbeddedKv::new(open(tempfile::tempdir().unwrap().path()));
+    let refused = q.enqueue_with_kv(
+        &other,
+        vec![NewMessage::new("t", "x", vec![])],
+        vec![AtomicWrite::new()],
+        |_: &[Enqueued]| {},
+    );
+    assert!(refused.await.unwrap_err().to_string().contains("own file"));
+    let conditional = AtomicWrite::new().check(Key::from(("rec", "c")), None).set(Key::from(("rec", "c")), vec![]);
+    let refused =
+        q.enqueue_with_kv(&kv, vec![NewMessage::new("t", "x", vec![])], vec![conditional], |_: &[Enqueued]| {});
+    assert!(refused.await.unwrap_err().to_string().contains("unconditional"));
+    assert_eq!(q.stats().await.unwrap().ready, 2);
 }
 
 /// A measurement, not a check: run it with

@@ -17,7 +17,7 @@ use rusqlite::{OptionalExtension, params};
 use tokio::sync::broadcast;
 
 use super::{AtomicWrite, Entry, Key, KeyRange, Kv, KvError, KvEvent, KvWatch, ListOptions, Mutation, Versionstamp};
-use crate::embedded::{Counter, EmbeddedDb, EmbeddedError};
+use crate::embedded::{Counter, EmbeddedDb, EmbeddedError, OpError, Tx};
 use crate::time::Timestamp;
 
 const BACKEND: &str = "embedded";
@@ -56,14 +56,14 @@ fn now_millis() -> i64 {
 }
 
 /// An atomic write with its keys encoded once, on the caller's thread.
-struct PreparedWrite {
+pub(crate) struct PreparedWrite {
     write: AtomicWrite,
     check_keys: Vec<Vec<u8>>,
     mutation_keys: Vec<Vec<u8>>,
 }
 
 impl PreparedWrite {
-    fn new(write: AtomicWrite) -> Self {
+    pub(crate) fn new(write: AtomicWrite) -> Self {
         let check_keys = write.checks.iter().map(|c| c.key.encode()).collect();
         let mutation_keys = write.mutations.iter().map(|m| m.key().encode()).collect();
         Self { write, check_keys, mutation_keys }
@@ -96,6 +96,55 @@ impl PreparedWrite {
             let _ = events.send((key.clone(), event));
         }
     }
+}
+
+/// Applies `prepared` inside `tx` if every check holds: `Some(versionstamp)`, or `None` (nothing
+/// written). Watchers hear of it once the transaction commits.
+pub(crate) fn apply(
+    tx: &Tx<'_>,
+    prepared: &Arc<PreparedWrite>,
+    events: &broadcast::Sender<(Vec<u8>, KvEvent)>,
+) -> Result<Option<Versionstamp>, OpError> {
+    let conn = tx.conn();
+    let now_ts = Timestamp::now();
+    let now = millis(now_ts);
+    let write = &prepared.write;
+    if !write.checks.is_empty() {
+        let mut current = conn
+            .prepare_cached("SELECT versionstamp FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)")?;
+        for (check, key) in write.checks.iter().zip(&prepared.check_keys) {
+            let found: Option<i64> = current.query_row(params![key, now], |r| r.get(0)).optional()?;
+            if found.map(versionstamp) != check.versionstamp {
+                return Ok(None);
+            }
+        }
+    }
+    let version = tx.next(Counter::KvVersion)?;
+    let stamp = versionstamp(version);
+    let mut deleted = Vec::new();
+    for (i, (m, key)) in write.mutations.iter().zip(&prepared.mutation_keys).enumerate() {
+        match m {
+            Mutation::Set { value, ttl, .. } => {
+                conn.prepare_cached(
+                    "INSERT INTO kv (key, value, versionstamp, expires_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+                         versionstamp = excluded.versionstamp, expires_at = excluded.expires_at",
+                )?
+                .execute(params![key, value, version, ttl.map(|t| millis(now_ts.plus(t)))])?;
+            }
+            Mutation::Delete { .. } => {
+                if conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute(params![key])? > 0 {
+                    deleted.push(i);
+                }
+            }
+        }
+    }
+    if !write.mutations.is_empty() {
+        let (prepared, events) = (Arc::clone(prepared), events.clone());
+        // Built after the commit, and only for watchers subscribed by then.
+        tx.after_commit(move || prepared.publish(&events, stamp, now_ts, &deleted));
+    }
+    Ok(Some(stamp))
 }
 
 fn versionstamp(v: i64) -> Versionstamp {
@@ -159,57 +208,7 @@ impl Kv for EmbeddedKv {
     async fn atomic(&self, write: AtomicWrite) -> Result<Option<Versionstamp>, KvError> {
         let events = self.db.kv_events().clone();
         let prepared = Arc::new(PreparedWrite::new(write));
-        self.db
-            .call(move |tx| {
-                let conn = tx.conn();
-                let now_ts = Timestamp::now();
-                let now = millis(now_ts);
-                let write = &prepared.write;
-                if !write.checks.is_empty() {
-                    let mut current = conn.prepare_cached(
-                        "SELECT versionstamp FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
-                    )?;
-                    for (check, key) in write.checks.iter().zip(&prepared.check_keys) {
-                        let found: Option<i64> = current.query_row(params![key, now], |r| r.get(0)).optional()?;
-                        if found.map(versionstamp) != check.versionstamp {
-                            return Ok(None);
-                        }
-                    }
-                }
-                let version = tx.next(Counter::KvVersion)?;
-                let stamp = versionstamp(version);
-                let mut deleted = Vec::new();
-                for (i, (m, key)) in write.mutations.iter().zip(&prepared.mutation_keys).enumerate() {
-                    match m {
-                        Mutation::Set { value, ttl, .. } => {
-                            conn.prepare_cached(
-                                "INSERT INTO kv (key, value, versionstamp, expires_at) VALUES (?1, ?2, ?3, ?4)
-                                 ON CONFLICT (key) DO UPDATE SET value = excluded.value,
-                                     versionstamp = excluded.versionstamp, expires_at = excluded.expires_at",
-                            )?
-                            .execute(params![
-                                key,
-                                value,
-                                version,
-                                ttl.map(|t| millis(now_ts.plus(t)))
-                            ])?;
-                        }
-                        Mutation::Delete { .. } => {
-                            if conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?.execute(params![key])? > 0 {
-                                deleted.push(i);
-                            }
-                        }
-                    }
-                }
-                if !write.mutations.is_empty() {
-                    let (prepared, events) = (Arc::clone(&prepared), events.clone());
-                    // Built after the commit, and only for watchers subscribed by then.
-                    tx.after_commit(move || prepared.publish(&events, stamp, now_ts, &deleted));
-                }
-                Ok(Some(stamp))
-            })
-            .await
-            .map_err(kv_error)
+        self.db.call(move |tx| apply(tx, &prepared, &events)).await.map_err(kv_error)
     }
 
     async fn list(&self, options: ListOptions) -> Result<Vec<Entry>, KvError> {

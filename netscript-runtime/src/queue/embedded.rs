@@ -28,6 +28,8 @@ use super::{
     QueueStats, Settled, Settlement,
 };
 use crate::embedded::{Counter, EmbeddedDb, EmbeddedError, OpError, Tx, wake};
+use crate::kv::AtomicWrite;
+use crate::kv::embedded::{EmbeddedKv, PreparedWrite, apply as kv_apply};
 use crate::time::Timestamp;
 
 const BACKEND: &str = "embedded";
@@ -317,6 +319,178 @@ fn next_due(tx: &Tx<'_>, queue: &str) -> Result<Option<i64>, OpError> {
     Ok(delayed.into_iter().chain(leased).min())
 }
 
+/// An enqueue made ready on the caller's thread, to run inside a writer transaction.
+struct PreparedEnqueue {
+    queue: Arc<str>,
+    notify: Arc<Notify>,
+    known_topics: Arc<Mutex<HashSet<String>>>,
+    /// Topics of `messages` not known to be in `queue_topics` yet.
+    new_topics: Vec<String>,
+    messages: Vec<NewMessage>,
+}
+
+impl PreparedEnqueue {
+    /// Inserts the messages (those whose idempotency key or id is taken are duplicates).
+    fn run(&self, tx: &Tx<'_>) -> Result<Vec<Enqueued>, OpError> {
+        let (queue, messages) = (&self.queue, &self.messages);
+        let conn = tx.conn();
+        let now = millis(Timestamp::now());
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO queue_messages (id, queue, topic, kind, payload, headers, priority,
+                 idempotency_key, concurrency_key, state, at, seq, attempts, token, enqueued_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0, ?13)
+             ON CONFLICT (id) DO NOTHING",
+        )?;
+        let mut out = Vec::with_capacity(messages.len());
+        let mut created = false;
+        for m in messages {
+            if let Some(key) = &m.idempotency_key {
+                let held: Option<(Vec<u8>, Option<i64>)> = conn
+                    .prepare_cached(
+                        "SELECT message_id, expires_at FROM queue_idempotency WHERE queue = ?1 AND key = ?2",
+                    )?
+                    .query_row(params![&**queue, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                if let Some((id, expires)) = held
+                    && expires.is_none_or(|t| t > now)
+                {
+                    out.push(Enqueued::Duplicate(message_id(&id)?));
+                    continue;
+                }
+            }
+            let (state, at) =
+                if m.delay.is_zero() { (READY, now) } else { (DELAYED, millis(timestamp(now).plus(m.delay))) };
+            let seq = tx.next(Counter::QueueSeq)?;
+            let inserted = insert.execute(params![
+                m.id.as_bytes(),
+                &**queue,
+                m.topic,
+                m.kind,
+                m.payload,
+                encode_headers(&m.headers),
+                m.priority,
+                m.idempotency_key,
+                m.concurrency_key,
+                state,
+                at,
+                seq,
+                now,
+            ])?;
+            if inserted == 0 {
+                // The id is taken: an enqueue repeated after an unclear outcome.
+                out.push(Enqueued::Duplicate(m.id));
+                continue;
+            }
+            if let Some(key) = &m.idempotency_key {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO queue_idempotency (queue, key, message_id, expires_at)
+                     VALUES (?1, ?2, ?3, NULL)",
+                )?
+                .execute(params![&**queue, key, m.id.as_bytes()])?;
+            }
+            created = true;
+            out.push(Enqueued::Created(m.id));
+        }
+        if !self.new_topics.is_empty() {
+            let mut add = conn.prepare_cached("INSERT OR IGNORE INTO queue_topics (queue, topic) VALUES (?1, ?2)")?;
+            for t in &self.new_topics {
+                add.execute(params![&**queue, t])?;
+            }
+            let (known_topics, new_topics) = (Arc::clone(&self.known_topics), self.new_topics.clone());
+            tx.after_commit(move || {
+                known_topics.lock().unwrap_or_else(|e| e.into_inner()).extend(new_topics);
+            });
+        }
+        if created {
+            let notify = Arc::clone(&self.notify);
+            tx.after_commit(move || wake(&notify));
+        }
+        Ok(out)
+    }
+}
+
+impl EmbeddedQueue {
+    fn prepare_enqueue(&self, messages: Vec<NewMessage>) -> PreparedEnqueue {
+        let new_topics: Vec<String> = {
+            let known = self.known_topics.lock().unwrap_or_else(|e| e.into_inner());
+            let mut seen = HashSet::new();
+            messages
+                .iter()
+                .map(|m| m.topic.as_str())
+                .filter(|t| !known.contains(*t) && seen.insert(*t))
+                .map(str::to_owned)
+                .collect()
+        };
+        PreparedEnqueue {
+            queue: Arc::clone(&self.name),
+            notify: Arc::clone(&self.notify),
+            known_topics: Arc::clone(&self.known_topics),
+            new_topics,
+            messages,
+        }
+    }
+
+    /// Enqueues `messages` and, in the same transaction, writes to `kv` the write of each
+    /// message that was created (`writes[i]` goes with `messages[i]`; a duplicate's write is
+    /// not made). `kv` must live in this queue's file. `on_commit` runs once the transaction
+    /// committed, before any other request to the store, with the outcomes: what it publishes
+    /// is seen before anything a worker does with the messages.
+    ///
+    /// This is how the runtime writes an execution's queued record with its message: one
+    /// commit instead of two, and no record without its message.
+    pub async fn enqueue_with_kv(
+        &self,
+        kv: &EmbeddedKv,
+        messages: Vec<NewMessage>,
+        writes: Vec<AtomicWrite>,
+        on_commit: impl FnOnce(&[Enqueued]) + Send + 'static,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        if !Arc::ptr_eq(kv.db(), &self.db) {
+            return Err(QueueError::Backend {
+                backend: BACKEND,
+                message: "enqueue_with_kv needs the key-value store of the queue's own file".into(),
+            });
+        }
+        if messages.len() != writes.len() {
+            return Err(QueueError::Backend {
+                backend: BACKEND,
+                message: format!("enqueue_with_kv: {} messages but {} writes", messages.len(), writes.len()),
+            });
+        }
+        if writes.iter().any(|w| !w.checks.is_empty()) {
+            return Err(QueueError::Backend {
+                backend: BACKEND,
+                message: "enqueue_with_kv takes unconditional writes (no checks)".into(),
+            });
+        }
+        let events = kv.db().kv_events().clone();
+        let writes: Vec<Arc<PreparedWrite>> = writes.into_iter().map(|w| Arc::new(PreparedWrite::new(w))).collect();
+        let enqueue = self.prepare_enqueue(messages);
+        // A request may run more than once (its batch retried): each run registers a hook,
+        // and the one of the run that commits takes `on_commit`.
+        let on_commit = Arc::new(Mutex::new(Some(on_commit)));
+        self.db
+            .call(move |tx| {
+                let out = enqueue.run(tx)?;
+                for (outcome, write) in out.iter().zip(&writes) {
+                    if matches!(outcome, Enqueued::Created(_)) {
+                        // No checks: always applied.
+                        kv_apply(tx, write, &events)?;
+                    }
+                }
+                let (hook, outcomes) = (Arc::clone(&on_commit), out.clone());
+                tx.after_commit(move || {
+                    if let Some(hook) = hook.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        hook(&outcomes);
+                    }
+                });
+                Ok(out)
+            })
+            .await
+            .map_err(queue_error)
+    }
+}
+
 #[async_trait]
 impl Queue for EmbeddedQueue {
     fn provider(&self) -> &'static str {
@@ -327,98 +501,8 @@ impl Queue for EmbeddedQueue {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let queue = Arc::clone(&self.name);
-        let notify = Arc::clone(&self.notify);
-        let known_topics = Arc::clone(&self.known_topics);
-        let new_topics: Vec<String> = {
-            let known = known_topics.lock().unwrap_or_else(|e| e.into_inner());
-            let mut seen = HashSet::new();
-            messages
-                .iter()
-                .map(|m| m.topic.as_str())
-                .filter(|t| !known.contains(*t) && seen.insert(*t))
-                .map(str::to_owned)
-                .collect()
-        };
-        self.db
-            .call(move |tx| {
-                let conn = tx.conn();
-                let now = millis(Timestamp::now());
-                let mut insert = conn.prepare_cached(
-                    "INSERT INTO queue_messages (id, queue, topic, kind, payload, headers, priority,
-                         idempotency_key, concurrency_key, state, at, seq, attempts, token, enqueued_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0, ?13)
-                     ON CONFLICT (id) DO NOTHING",
-                )?;
-                let mut out = Vec::with_capacity(messages.len());
-                let mut created = false;
-                for m in &messages {
-                    if let Some(key) = &m.idempotency_key {
-                        let held: Option<(Vec<u8>, Option<i64>)> = conn
-                            .prepare_cached(
-                                "SELECT message_id, expires_at FROM queue_idempotency WHERE queue = ?1 AND key = ?2",
-                            )?
-                            .query_row(params![&*queue, key], |r| Ok((r.get(0)?, r.get(1)?)))
-                            .optional()?;
-                        if let Some((id, expires)) = held
-                            && expires.is_none_or(|t| t > now)
-                        {
-                            out.push(Enqueued::Duplicate(message_id(&id)?));
-                            continue;
-                        }
-                    }
-                    let (state, at) =
-                        if m.delay.is_zero() { (READY, now) } else { (DELAYED, millis(timestamp(now).plus(m.delay))) };
-                    let seq = tx.next(Counter::QueueSeq)?;
-                    let inserted = insert.execute(params![
-                        m.id.as_bytes(),
-                        &*queue,
-                        m.topic,
-                        m.kind,
-                        m.payload,
-                        encode_headers(&m.headers),
-                        m.priority,
-                        m.idempotency_key,
-                        m.concurrency_key,
-                        state,
-                        at,
-                        seq,
-                        now,
-                    ])?;
-                    if inserted == 0 {
-                        // The id is taken: an enqueue repeated after an unclear outcome.
-                        out.push(Enqueued::Duplicate(m.id));
-                        continue;
-                    }
-                    if let Some(key) = &m.idempotency_key {
-                        conn.prepare_cached(
-                            "INSERT OR REPLACE INTO queue_idempotency (queue, key, message_id, expires_at)
-                             VALUES (?1, ?2, ?3, NULL)",
-                        )?
-                        .execute(params![&*queue, key, m.id.as_bytes()])?;
-                    }
-                    created = true;
-                    out.push(Enqueued::Created(m.id));
-                }
-                if !new_topics.is_empty() {
-                    let mut add =
-                        conn.prepare_cached("INSERT OR IGNORE INTO queue_topics (queue, topic) VALUES (?1, ?2)")?;
-                    for t in &new_topics {
-                        add.execute(params![&*queue, t])?;
-                    }
-                    let (known_topics, new_topics) = (Arc::clone(&known_topics), new_topics.clone());
-                    tx.after_commit(move || {
-                        known_topics.lock().unwrap_or_else(|e| e.into_inner()).extend(new_topics);
-                    });
-                }
-                if created {
-                    let notify = Arc::clone(&notify);
-                    tx.after_commit(move || wake(&notify));
-                }
-                Ok(out)
-            })
-            .await
-            .map_err(queue_error)
+        let enqueue = self.prepare_enqueue(messages);
+        self.db.call(move |tx| enqueue.run(tx)).await.map_err(queue_error)
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Delivery>, QueueError> {

@@ -178,7 +178,8 @@ impl ExecutionStore {
         self.job_feeds.subscribe(job)
     }
 
-    fn listened(&self) -> bool {
+    /// Whether anyone listens to the feeds.
+    pub(crate) fn listened(&self) -> bool {
         self.feed.receiver_count() > 0 || self.job_feeds.watched()
     }
 
@@ -213,6 +214,12 @@ impl ExecutionStore {
         }
         self.kv.atomic(write).await?;
         Ok(())
+    }
+
+    /// The write that stores `record`, as [`write`](Self::write) makes it: for a backend
+    /// that commits it together with something else (see `backends::Joint`).
+    pub(crate) fn write_of(record: &ExecutionRecord) -> AtomicWrite {
+        AtomicWrite::new().set(key(record.id), encode(record))
     }
 
     /// Removes the records of `ids`, in one atomic write.
