@@ -69,6 +69,21 @@ impl PreparedWrite {
         Self { write, check_keys, mutation_keys }
     }
 
+    /// The mutations in `ranges` (indexes into the write's mutations), without checks.
+    pub(crate) fn subset(&self, ranges: impl Iterator<Item = std::ops::Range<usize>>) -> Self {
+        let (mut mutations, mut mutation_keys) = (Vec::new(), Vec::new());
+        for r in ranges {
+            mutations.extend_from_slice(&self.write.mutations[r.clone()]);
+            mutation_keys.extend_from_slice(&self.mutation_keys[r]);
+        }
+        Self { write: AtomicWrite { checks: Vec::new(), mutations }, check_keys: Vec::new(), mutation_keys }
+    }
+
+    /// Whether it changes nothing.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.write.mutations.is_empty()
+    }
+
     /// Sends the committed changes to the watchers: every set, and the deletes (by index in
     /// `mutations`) that removed something.
     fn publish(

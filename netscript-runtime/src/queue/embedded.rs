@@ -464,7 +464,16 @@ impl EmbeddedQueue {
             });
         }
         let events = kv.db().kv_events().clone();
-        let writes: Vec<Arc<PreparedWrite>> = writes.into_iter().map(|w| Arc::new(PreparedWrite::new(w))).collect();
+        // One write for all the messages (one versionstamp, one hook), cut down on the writer
+        // thread to the created messages' parts in the rare batch with duplicates.
+        let mut merged = AtomicWrite::new();
+        let mut parts = Vec::with_capacity(writes.len());
+        for w in writes {
+            let start = merged.mutations.len();
+            merged.mutations.extend(w.mutations);
+            parts.push(start..merged.mutations.len());
+        }
+        let merged = Arc::new(PreparedWrite::new(merged));
         let enqueue = self.prepare_enqueue(messages);
         // A request may run more than once (its batch retried): each run registers a hook,
         // and the one of the run that commits takes `on_commit`.
@@ -472,10 +481,14 @@ impl EmbeddedQueue {
         self.db
             .call(move |tx| {
                 let out = enqueue.run(tx)?;
-                for (outcome, write) in out.iter().zip(&writes) {
-                    if matches!(outcome, Enqueued::Created(_)) {
-                        // No checks: always applied.
-                        kv_apply(tx, write, &events)?;
+                let created = |o: &Enqueued| matches!(o, Enqueued::Created(_));
+                if out.iter().all(created) {
+                    kv_apply(tx, &merged, &events)?;
+                } else {
+                    let kept = out.iter().zip(&parts).filter(|(o, _)| created(o)).map(|(_, p)| p.clone());
+                    let subset = merged.subset(kept);
+                    if !subset.is_empty() {
+                        kv_apply(tx, &Arc::new(subset), &events)?;
                     }
                 }
                 let (hook, outcomes) = (Arc::clone(&on_commit), out.clone());
