@@ -60,8 +60,9 @@ pub fn configure(c: &mut WorkersConfig, provider: QueueProvider, namespace: &str
     }
 }
 
-/// Removes what a run left in `namespace` on `provider`'s server (best effort). RabbitMQ
-/// queues are left to the backend's own clean-up: its queues are named after the namespace.
+/// Removes what a run left in `namespace` on `provider`'s server (best effort): the
+/// PostgreSQL schema, the Redis keys, or the RabbitMQ topic queues of every job linked into
+/// this binary (the delay queues expire by themselves; the companion store is the run's own).
 pub async fn drop_namespace(provider: QueueProvider, namespace: &str) {
     let _ = namespace; // unused when no broker backend is compiled in
     match provider {
@@ -79,6 +80,17 @@ pub async fn drop_namespace(provider: QueueProvider, namespace: &str) {
             let url = broker_url(provider).unwrap_or_default();
             if let Ok(db) = RedisDb::connect(RedisOptions::new(url).prefix(namespace)).await {
                 let _ = db.delete_all().await;
+            }
+        }
+        #[cfg(feature = "amqp")]
+        QueueProvider::Amqp => {
+            use netscript::queue::amqp::{AmqpOptions, AmqpQueue};
+            let url = broker_url(provider).unwrap_or_default();
+            let kv = std::sync::Arc::new(netscript::kv::memory::MemoryKv::new());
+            if let Ok(queue) = AmqpQueue::connect(AmqpOptions::new(url), namespace, kv).await {
+                let topics = netscript::Registry::linked().map(|r| r.topics()).unwrap_or_default();
+                let _ = queue.delete_topic_queues(&topics).await;
+                queue.close().await;
             }
         }
         _ => {}

@@ -721,6 +721,22 @@ impl AmqpQueue {
         Ok(names.len())
     }
 
+    /// Deletes the topic queues of `topics` in this queue's namespace, with their messages,
+    /// whether or not this handle declared them (a queue that does not exist is skipped). For
+    /// teardown: the delay queues expire by themselves; the KV bookkeeping is left to the
+    /// caller.
+    pub async fn delete_topic_queues(&self, topics: &[&str]) -> Result<(), QueueError> {
+        let link = self.shared.link().await?;
+        for topic in topics {
+            let name = self.shared.topic_queue(topic);
+            link.admin
+                .queue_delete(short(name.clone())?, QueueDeleteOptions::default())
+                .await
+                .map_err(|e| backend(format!("cannot delete queue `{name}`: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Closes the connection; leases still held come back from the broker.
     pub async fn close(&self) {
         self.shared.stop.cancel();
