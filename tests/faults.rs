@@ -27,12 +27,28 @@ async fn count(n: u32) -> JobResult<u32> {
 }
 
 /// A memory queue whose first `failing` claims fail, and whose enqueues fail while
-/// `failing_enqueues` is above zero.
+/// `failing_enqueues` is above zero. Its dead-letter purge runs `purge_ahead` in the future
+/// (time passing for the dead letters) and notes the cut-offs it was asked for.
 struct FlakyClaims {
     inner: MemoryQueue,
     failing: AtomicU32,
     failed: AtomicU32,
     failing_enqueues: AtomicU32,
+    purge_ahead: Duration,
+    purges: std::sync::Mutex<Vec<netscript::time::Timestamp>>,
+}
+
+impl FlakyClaims {
+    fn new(failing_claims: u32, failing_enqueues: u32) -> Self {
+        Self {
+            inner: MemoryQueue::new(),
+            failing: AtomicU32::new(failing_claims),
+            failed: AtomicU32::new(0),
+            failing_enqueues: AtomicU32::new(failing_enqueues),
+            purge_ahead: Duration::ZERO,
+            purges: std::sync::Mutex::default(),
+        }
+    }
 }
 
 #[async_trait]
@@ -68,7 +84,8 @@ impl Queue for FlakyClaims {
         self.inner.redrive(id).await
     }
     async fn purge_dead(&self, failed_before: netscript::time::Timestamp, limit: usize) -> Result<usize, QueueError> {
-        self.inner.purge_dead(failed_before, limit).await
+        self.purges.lock().unwrap().push(failed_before);
+        self.inner.purge_dead(failed_before.plus(self.purge_ahead), limit).await
     }
     async fn cancel(&self, id: MessageId) -> Result<Cancelled, QueueError> {
         self.inner.cancel(id).await
@@ -131,12 +148,7 @@ async fn run_until_recorded(rt: &Runtime, ids: &[netscript::ExecutionId]) {
 
 #[tokio::test]
 async fn claims_that_fail_are_retried_and_every_job_still_runs() {
-    let queue = Arc::new(FlakyClaims {
-        inner: MemoryQueue::new(),
-        failing: AtomicU32::new(3),
-        failed: AtomicU32::new(0),
-        failing_enqueues: AtomicU32::new(0),
-    });
+    let queue = Arc::new(FlakyClaims::new(3, 0));
     let rt = Runtime::builder()
         .ignore_env()
         .queue(queue.clone())
@@ -210,12 +222,7 @@ async fn results_that_cannot_be_recorded_within_their_lease_are_not_acked_and_th
 
 #[tokio::test]
 async fn a_failed_enqueue_is_an_error_and_leaves_no_records() {
-    let queue = Arc::new(FlakyClaims {
-        inner: MemoryQueue::new(),
-        failing: AtomicU32::new(0),
-        failed: AtomicU32::new(0),
-        failing_enqueues: AtomicU32::new(1),
-    });
+    let queue = Arc::new(FlakyClaims::new(0, 1));
     let rt = Runtime::builder()
         .ignore_env()
         .queue(queue.clone())
@@ -314,4 +321,58 @@ async fn a_worker_stalled_past_its_lease_records_nothing_and_its_result_is_refus
     let s = queue.stats().await.unwrap();
     assert!(s.stale_settlements >= 1, "the refusal is counted: {s:?}");
     assert_eq!((s.ready, s.leased, s.dead), (0, 0, 0), "{s:?}");
+}
+
+/// The workers' pruner purges the dead letters older than the retention (`db_days`), through
+/// the queue, shortly after the workers start. Two days pass for the queue's purge
+/// (`purge_ahead`), so a dead letter made now is past a retention of one day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_purge_dead_letters_past_their_retention() {
+    let queue = Arc::new(FlakyClaims { purge_ahead: Duration::from_secs(2 * 86_400), ..FlakyClaims::new(0, 0) });
+    let rt = Runtime::builder()
+        .ignore_env()
+        .queue(queue.clone())
+        .kv(Arc::new(MemoryKv::new()))
+        .state(Worker { name: "only", stall: false })
+        .configure(|c| c.retention.db_days = 1)
+        .build()
+        .await
+        .unwrap();
+    // A dead letter, made through the queue contract (on a topic no worker claims).
+    queue.inner.enqueue_one(NewMessage::new("nobody", "gone", b"{}".to_vec())).await.unwrap();
+    let claimed = queue
+        .inner
+        .claim(ClaimRequest { topics: vec!["nobody".into()], max: 1, lease: Duration::from_secs(60) })
+        .await
+        .unwrap();
+    let lease = claimed[0].lease;
+    queue.inner.settle_one(Settlement::DeadLetter { lease, error: "boom".into() }).await.unwrap();
+    assert_eq!(rt.queue().dead_letters(10).await.unwrap().len(), 1);
+
+    let started = netscript::time::Timestamp::now();
+    let stop = CancellationToken::new();
+    let workers = tokio::spawn({
+        let (rt, stop) = (rt.clone(), stop.clone());
+        async move { rt.run_workers(stop).await }
+    });
+    // The first pass comes 5 s after the start.
+    let mut purged = false;
+    for _ in 0..150 {
+        if rt.queue().dead_letters(10).await.unwrap().is_empty() {
+            purged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    workers.await.unwrap();
+    assert!(purged, "the dead letter past one day was not purged within 15 s");
+    // The pruner asked for the letters that failed before one day ago.
+    let cutoffs = queue.purges.lock().unwrap().clone();
+    let day = 86_400_000;
+    let expected = started.as_millis() - day;
+    assert!(
+        cutoffs.iter().any(|c| c.as_millis().abs_diff(expected) < 60_000),
+        "cut-offs asked for: {cutoffs:?}, expected about {expected} (one day before the start)"
+    );
 }
