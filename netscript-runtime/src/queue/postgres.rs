@@ -55,8 +55,12 @@
 //!
 //! Claims and settlements update and delete rows all the time. The hot table has a low
 //! fillfactor and per-table autovacuum settings that vacuum it after a few thousand dead
-//! rows instead of a fraction of the table; where autovacuum is off, the store's
-//! maintenance task vacuums it itself (see [`PostgresOptions::vacuum`]).
+//! rows instead of a fraction of the table. The store's maintenance task also vacuums it
+//! itself (see [`PostgresOptions::vacuum`]) once it holds 50,000 dead rows, looking every
+//! 2 s: each claim leaves a dead entry at the head of the claim index, which later claims
+//! step over until a vacuum, and autovacuum visits a table at most once a minute
+//! (`autovacuum_naptime`). Draining a backlog of a million, that check every 2 s instead of
+//! every 30 s took the drain from 17,200 to 20,500 jobs/s.
 //!
 //! [`PostgresOptions::vacuum`]: crate::postgres::PostgresOptions::vacuum
 //! [`PostgresOptions::relaxed_settlements`]: crate::postgres::PostgresOptions::relaxed_settlements
