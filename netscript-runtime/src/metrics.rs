@@ -39,7 +39,7 @@ type CounterFamily = (&'static str, &'static str, fn(&TopicMetrics) -> &AtomicU6
 /// A histogram family: name, help text, and the histogram of a topic.
 type HistogramFamily = (&'static str, &'static str, fn(&TopicMetrics) -> &Histogram);
 
-/// A Prometheus histogram over [`BUCKETS`], lock-free.
+/// A Prometheus histogram over fixed buckets (0.5 ms to 60 s, then `+Inf`), lock-free.
 #[derive(Debug, Default)]
 pub struct Histogram {
     /// Non-cumulative counts per bucket; the last one is `+Inf`.

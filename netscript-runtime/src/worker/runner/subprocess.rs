@@ -78,7 +78,8 @@ pub struct ChildRequest {
     pub timeout_ms: u64,
 }
 
-/// Runs attempts in child processes of this binary. See the [module docs](self).
+/// Runs attempts in child processes of this binary, which re-execute it and serve one
+/// attempt each over stdin and stdout.
 #[derive(Clone, Debug)]
 pub struct SubprocessRunner {
     program: PathBuf,
