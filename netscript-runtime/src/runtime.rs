@@ -205,6 +205,15 @@ pub struct Receipt {
     pub duplicate: bool,
 }
 
+impl From<Enqueued> for Receipt {
+    fn from(outcome: Enqueued) -> Self {
+        match outcome {
+            Enqueued::Created(id) => Receipt { execution_id: id, duplicate: false },
+            Enqueued::Duplicate(id) => Receipt { execution_id: id, duplicate: true },
+        }
+    }
+}
+
 /// What [`Runtime::cancel`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "outcome", content = "status")]
@@ -687,18 +696,15 @@ impl Runtime {
         let mut created = Vec::with_capacity(outcomes.len());
         let mut unused = Vec::new();
         for (outcome, record) in outcomes.into_iter().zip(records) {
+            receipts.push(Receipt::from(outcome));
             match outcome {
-                Enqueued::Created(id) => {
-                    receipts.push(Receipt { execution_id: id, duplicate: false });
+                Enqueued::Created(_) => {
                     if keyed.contains(&record.id) {
                         created.push(record);
                     }
                 }
-                Enqueued::Duplicate(id) => {
-                    // The earlier message runs; this one's record was never needed.
-                    unused.push(record.id);
-                    receipts.push(Receipt { execution_id: id, duplicate: true });
-                }
+                // The earlier message runs; this one's record was never needed.
+                Enqueued::Duplicate(_) => unused.push(record.id),
             }
         }
         self.remove_records(unused).await;
@@ -729,13 +735,7 @@ impl Runtime {
             Box::new(|_: &[Enqueued]| {})
         };
         let outcomes = joint.enqueue_with(messages, writes, publish).await?;
-        Ok(outcomes
-            .into_iter()
-            .map(|outcome| match outcome {
-                Enqueued::Created(id) => Receipt { execution_id: id, duplicate: false },
-                Enqueued::Duplicate(id) => Receipt { execution_id: id, duplicate: true },
-            })
-            .collect())
+        Ok(outcomes.into_iter().map(Receipt::from).collect())
     }
 
     /// Removes the queued records of messages that were never enqueued (duplicates, or a

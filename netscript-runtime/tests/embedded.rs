@@ -332,6 +332,8 @@ async fn an_enqueue_with_kv_writes_only_with_created_messages_in_one_commit() {
         |_: &[Enqueued]| {},
     );
     assert!(refused.await.unwrap_err().to_string().contains("own file"));
+    let unpaired = q.enqueue_with_kv(&kv, vec![NewMessage::new("t", "x", vec![])], Vec::new(), |_: &[Enqueued]| {});
+    assert!(unpaired.await.unwrap_err().to_string().contains("1 messages but 0 writes"));
     let conditional = AtomicWrite::new().check(Key::from(("rec", "c")), None).set(Key::from(("rec", "c")), vec![]);
     let refused =
         q.enqueue_with_kv(&kv, vec![NewMessage::new("t", "x", vec![])], vec![conditional], |_: &[Enqueued]| {});

@@ -856,6 +856,7 @@ async fn register_watches(
 }
 
 async fn maintenance(pool: Pool, url: Arc<str>, sql: Vec<String>, vacuum: bool) {
+    // Without the vacuum every tick purges; with it, the purges keep their 30 s.
     let check = if vacuum { VACUUM_CHECK_INTERVAL } else { MAINTENANCE_INTERVAL };
     let purge_every = (MAINTENANCE_INTERVAL.as_millis() / check.as_millis()).max(1);
     let mut tick = tokio::time::interval(check);
@@ -865,12 +866,8 @@ async fn maintenance(pool: Pool, url: Arc<str>, sql: Vec<String>, vacuum: bool) 
     loop {
         tick.tick().await;
         ticks += 1;
-        let purge = ticks % purge_every == 0;
-        if !purge && !vacuum {
-            continue;
-        }
         let Ok(client) = pool.get().await else { continue };
-        if purge {
+        if ticks % purge_every == 0 {
             for purge in &sql[..2] {
                 if let Err(e) = client.execute(purge.as_str(), &[]).await {
                     tracing::warn!(url = %url, error = %describe(&e).0, "PostgreSQL maintenance: purge failed");

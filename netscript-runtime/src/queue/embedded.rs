@@ -445,23 +445,15 @@ impl EmbeddedQueue {
         writes: Vec<AtomicWrite>,
         on_commit: impl FnOnce(&[Enqueued]) + Send + 'static,
     ) -> Result<Vec<Enqueued>, QueueError> {
+        let refused = |message: String| Err(QueueError::Backend { backend: BACKEND, message });
         if !Arc::ptr_eq(kv.db(), &self.db) {
-            return Err(QueueError::Backend {
-                backend: BACKEND,
-                message: "enqueue_with_kv needs the key-value store of the queue's own file".into(),
-            });
+            return refused("enqueue_with_kv needs the key-value store of the queue's own file".into());
         }
         if messages.len() != writes.len() {
-            return Err(QueueError::Backend {
-                backend: BACKEND,
-                message: format!("enqueue_with_kv: {} messages but {} writes", messages.len(), writes.len()),
-            });
+            return refused(format!("enqueue_with_kv: {} messages but {} writes", messages.len(), writes.len()));
         }
         if writes.iter().any(|w| !w.checks.is_empty()) {
-            return Err(QueueError::Backend {
-                backend: BACKEND,
-                message: "enqueue_with_kv takes unconditional writes (no checks)".into(),
-            });
+            return refused("enqueue_with_kv takes unconditional writes (no checks)".into());
         }
         let events = kv.db().kv_events().clone();
         // One write for all the messages (one versionstamp, one hook), cut down on the writer
