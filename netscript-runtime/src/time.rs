@@ -83,6 +83,38 @@ impl Timestamp {
     }
 }
 
+/// Writes timestamps as JSON strings, the same as their `Serialize` (their characters need no
+/// escaping), for one record: its timestamps mostly fall within one second, whose date and
+/// time of day are then worked out once.
+pub(crate) struct JsonTimestamps {
+    second: u64,
+    text: [u8; 24],
+}
+
+impl JsonTimestamps {
+    pub(crate) fn new() -> Self {
+        Self { second: u64::MAX, text: [0; 24] }
+    }
+
+    /// Appends `t` as a JSON string.
+    pub(crate) fn write(&mut self, t: Timestamp, out: &mut Vec<u8>) {
+        let second = t.0 / 1000;
+        if second == self.second {
+            let ms = t.0 % 1000;
+            // Three digits of a number below 1,000.
+            self.text[20] = b'0' + (ms / 100) as u8;
+            self.text[21] = b'0' + (ms / 10 % 10) as u8;
+            self.text[22] = b'0' + (ms % 10) as u8;
+        } else {
+            self.text = t.rfc3339();
+            self.second = second;
+        }
+        out.push(b'"');
+        out.extend_from_slice(&self.text);
+        out.push(b'"');
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let buf = self.rfc3339();
@@ -145,6 +177,18 @@ mod tests {
             t += 7_919_999_937; // about 92 days, so every month and leap day is crossed
         }
         assert_eq!(Timestamp(951_782_400_000).to_string(), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn json_timestamps_write_what_serialize_writes_within_and_across_seconds() {
+        let mut time = JsonTimestamps::new();
+        let mut t = 1_795_000_000_000u64;
+        for step in [0, 1, 9, 90, 899, 1, 1000, 999, 86_400_000, 7, 0] {
+            t += step;
+            let mut out = Vec::new();
+            time.write(Timestamp(t), &mut out);
+            assert_eq!(out, serde_json::to_vec(&Timestamp(t)).unwrap(), "at {t}");
+        }
     }
 
     #[test]

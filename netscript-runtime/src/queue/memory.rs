@@ -38,7 +38,7 @@ struct Stored {
 
 #[derive(Default)]
 struct State {
-    messages: HashMap<MessageId, Stored>,
+    messages: super::IdMap<Stored>,
     ready: BTreeSet<(Reverse<i32>, u64, MessageId)>,
     delayed: BTreeSet<(Timestamp, u64, MessageId)>,
     leased: BTreeSet<(Timestamp, MessageId)>,

@@ -36,6 +36,13 @@ pub mod typed;
 #[serde(transparent)]
 pub struct MessageId(pub uuid::Uuid);
 
+/// A hash map keyed by message id, hashed with foldhash (seeded per process) instead of
+/// SipHash: the worker looks ids up several times per job.
+pub(crate) type IdMap<V> = std::collections::HashMap<MessageId, V, foldhash::fast::RandomState>;
+
+/// A hash set of message ids (see [`IdMap`]).
+pub(crate) type IdSet = std::collections::HashSet<MessageId, foldhash::fast::RandomState>;
+
 impl MessageId {
     /// A new time-ordered id.
     pub fn new() -> Self {

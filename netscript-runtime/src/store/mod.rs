@@ -204,13 +204,13 @@ impl ExecutionStore {
 
     /// Writes `records` in one atomic write without publishing them: the caller publishes
     /// (with [`ExecutionStore::publish`]) once they stand, or removes them.
-    pub async fn write(&self, records: &[ExecutionRecord]) -> Result<(), StoreError> {
-        if records.is_empty() {
-            return Ok(());
-        }
+    pub async fn write<'a>(&self, records: impl IntoIterator<Item = &'a ExecutionRecord>) -> Result<(), StoreError> {
         let mut write = AtomicWrite::new();
         for r in records {
             write = write.set(key(r.id), encode(r));
+        }
+        if write.mutations.is_empty() {
+            return Ok(());
         }
         self.kv.atomic(write).await?;
         Ok(())
@@ -365,8 +365,7 @@ fn encode(r: &ExecutionRecord) -> Vec<u8> {
     // A small record is about 400 bytes: start there rather than growing from empty, which
     // profiled as a tenth of the recorder's time.
     let mut out = Vec::with_capacity(512);
-    // Serializing a record of strings, numbers and JSON values into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, r);
+    r.write_json(&mut out);
     out
 }
 

@@ -5,7 +5,7 @@
 //! backends reconnect by themselves. Attempts that end meanwhile are kept by the recorder
 //! until they can be written and settled (see its module docs).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use super::recorder::{End, Event, RecorderSink, Recorders};
 use super::runner::{AttemptOutcome, Runner};
 use crate::job::{ContextParts, JobContext, Registry, StateMap};
 use crate::metrics::{AttemptEnd, Metrics};
-use crate::queue::{ClaimRequest, Delivery, Lease, MessageId, Queue, Settled, Settlement};
+use crate::queue::{ClaimRequest, Delivery, IdMap, IdSet, Lease, MessageId, Queue, Settled, Settlement};
 use crate::store::{ExecutionRecord, ExecutionStatus, ExecutionStore};
 use crate::time::Timestamp;
 
@@ -86,7 +86,7 @@ struct Shared {
     runner: Runner,
     events: Recorders,
     sink: Arc<RecorderSink>,
-    in_flight: Mutex<HashMap<MessageId, InFlight>>,
+    in_flight: Mutex<IdMap<InFlight>>,
     /// Claimed and not yet started, shared by the slots.
     buffer: Mutex<VecDeque<Delivery>>,
     /// Held by the one slot that is claiming more.
@@ -106,7 +106,7 @@ struct Shared {
     /// Moving average of attempt run time, in nanoseconds (0 until the first attempt).
     pace_ns: AtomicU64,
     /// Executions asked to stop (`Runtime::cancel`) whose claim this dispatcher holds.
-    cancelled: Mutex<HashSet<MessageId>>,
+    cancelled: Mutex<IdSet>,
     /// Topics not to claim from.
     paused: Arc<PausedTopics>,
     /// Counters and histograms of this process's attempts.
@@ -114,7 +114,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, InFlight>> {
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, IdMap<InFlight>> {
         // Entries are inserted and removed whole; a poisoned lock still holds a valid map.
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -263,7 +263,7 @@ impl Dispatcher {
             runner: self.runner,
             sink: Arc::new(RecorderSink(recorders.clone())),
             events: recorders,
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(IdMap::default()),
             buffer: Mutex::new(VecDeque::new()),
             refilling: tokio::sync::Mutex::new(()),
             refilled: Notify::new(),
@@ -274,7 +274,7 @@ impl Dispatcher {
             outage: Mutex::new(None),
             heartbeat_errors: AtomicU32::new(0),
             pace_ns: AtomicU64::new(0),
-            cancelled: Mutex::new(HashSet::new()),
+            cancelled: Mutex::new(IdSet::default()),
             paused: self.paused,
             metrics: self.metrics,
             options: self.options,
@@ -310,7 +310,7 @@ impl Dispatcher {
         })
         .await;
         if drained.is_err() {
-            let waiting: HashSet<MessageId> = shared.lock_buffer().iter().map(|d| d.id).collect();
+            let waiting: IdSet = shared.lock_buffer().iter().map(|d| d.id).collect();
             let running: Vec<CancellationToken> = shared
                 .lock_in_flight()
                 .iter()

@@ -26,7 +26,6 @@
 //! dispatcher's slots wait to send their ends, so no more work is started than can be
 //! recorded.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +33,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::job::{Progress, ProgressSink};
-use crate::queue::{Lease, Queue, Settled, Settlement};
+use crate::queue::{IdMap, IdSet, Lease, Queue, Settled, Settlement};
 use crate::store::{AttemptRecord, ExecutionId, ExecutionRecord, ExecutionStatus, ExecutionStore};
 use crate::time::Timestamp;
 
@@ -140,9 +139,9 @@ impl ProgressSink for RecorderSink {
 /// Drains `rx` until every sender is dropped, fencing and writing each batch before settling
 /// it (see the module docs).
 async fn run(mut rx: mpsc::Receiver<Event>, store: ExecutionStore, queue: Arc<dyn Queue>, lease: Duration) {
-    let mut live: HashMap<ExecutionId, ExecutionRecord> = HashMap::new();
+    let mut live: IdMap<ExecutionRecord> = IdMap::default();
     // Progress of attempts whose `Started` was not sent (yet): fast attempts skip it.
-    let mut pending: HashMap<ExecutionId, Progress> = HashMap::new();
+    let mut pending: IdMap<Progress> = IdMap::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut open = true;
     while open && rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -228,9 +227,9 @@ async fn commit(
                 // After a failure every lease is checked again: the outage may have outlasted
                 // it, and another worker may hold the job now.
                 fence(queue, lease, &mut records, &mut settlements, failures > 0).await?;
-                let mut batch = records.clone();
-                batch.extend(live.iter().cloned());
-                store.put_many(batch).await.map_err(|e| Failure::Write(e.to_string()))?;
+                // Written from where they lie: a batch that fails is tried again as it is.
+                store.write(records.iter().chain(&live)).await.map_err(|e| Failure::Write(e.to_string()))?;
+                store.publish_copies(records.iter().chain(&live));
                 written = true;
             }
             if settlements.is_empty() {
@@ -330,8 +329,8 @@ async fn fence(
     }
     let issued = Instant::now();
     let results = queue.extend(&leases, lease).await.map_err(|e| Failure::Fence(e.to_string()))?;
-    let mut stale: HashSet<crate::queue::MessageId> = HashSet::new();
-    let mut renewed: HashSet<crate::queue::MessageId> = HashSet::new();
+    let mut stale = IdSet::default();
+    let mut renewed = IdSet::default();
     for (l, r) in leases.iter().zip(&results) {
         match r {
             Settled::Stale => stale.insert(l.message_id),
