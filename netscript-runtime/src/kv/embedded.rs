@@ -55,28 +55,23 @@ fn now_millis() -> i64 {
     millis(Timestamp::now())
 }
 
-/// An atomic write with its keys encoded once, on the caller's thread.
+/// An atomic write on its way to the writer thread.
 pub(crate) struct PreparedWrite {
     write: AtomicWrite,
-    check_keys: Vec<Vec<u8>>,
-    mutation_keys: Vec<Vec<u8>>,
 }
 
 impl PreparedWrite {
     pub(crate) fn new(write: AtomicWrite) -> Self {
-        let check_keys = write.checks.iter().map(|c| c.key.encode()).collect();
-        let mutation_keys = write.mutations.iter().map(|m| m.key().encode()).collect();
-        Self { write, check_keys, mutation_keys }
+        Self { write }
     }
 
     /// The mutations in `ranges` (indexes into the write's mutations), without checks.
     pub(crate) fn subset(&self, ranges: impl Iterator<Item = std::ops::Range<usize>>) -> Self {
-        let (mut mutations, mut mutation_keys) = (Vec::new(), Vec::new());
+        let mut mutations = Vec::new();
         for r in ranges {
-            mutations.extend_from_slice(&self.write.mutations[r.clone()]);
-            mutation_keys.extend_from_slice(&self.mutation_keys[r]);
+            mutations.extend_from_slice(&self.write.mutations[r]);
         }
-        Self { write: AtomicWrite { checks: Vec::new(), mutations }, check_keys: Vec::new(), mutation_keys }
+        Self { write: AtomicWrite { checks: Vec::new(), mutations } }
     }
 
     /// Whether it changes nothing.
@@ -96,7 +91,7 @@ impl PreparedWrite {
         if events.receiver_count() == 0 {
             return;
         }
-        for (i, (m, key)) in self.write.mutations.iter().zip(&self.mutation_keys).enumerate() {
+        for (i, m) in self.write.mutations.iter().enumerate() {
             let event = match m {
                 Mutation::Set { key, value, ttl } => KvEvent::Set(Entry {
                     key: key.clone(),
@@ -108,7 +103,7 @@ impl PreparedWrite {
                 Mutation::Delete { .. } => continue,
             };
             // A receiver that left meanwhile is fine.
-            let _ = events.send((key.clone(), event));
+            let _ = events.send((m.key().encode(), event));
         }
     }
 }
@@ -127,8 +122,8 @@ pub(crate) fn apply(
     if !write.checks.is_empty() {
         let mut current = conn
             .prepare_cached("SELECT versionstamp FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)")?;
-        for (check, key) in write.checks.iter().zip(&prepared.check_keys) {
-            let found: Option<i64> = current.query_row(params![key, now], |r| r.get(0)).optional()?;
+        for check in &write.checks {
+            let found: Option<i64> = current.query_row(params![check.key.as_bytes(), now], |r| r.get(0)).optional()?;
             if found.map(versionstamp) != check.versionstamp {
                 return Ok(None);
             }
@@ -137,7 +132,8 @@ pub(crate) fn apply(
     let version = tx.next(Counter::KvVersion)?;
     let stamp = versionstamp(version);
     let mut deleted = Vec::new();
-    for (i, (m, key)) in write.mutations.iter().zip(&prepared.mutation_keys).enumerate() {
+    for (i, m) in write.mutations.iter().enumerate() {
+        let key = m.key().as_bytes();
         match m {
             Mutation::Set { value, ttl, .. } => {
                 conn.prepare_cached(

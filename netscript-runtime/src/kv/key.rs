@@ -16,10 +16,12 @@ pub enum KeyPart {
 /// A tuple key such as `("executions", id)`.
 ///
 /// Keys order part by part; parts of different types order Bytes < String < Int < Bool.
-/// [`Key::encode`] keeps that order byte for byte, and the encoding of a prefix of a key is
-/// a byte prefix of the key's encoding.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Key(Vec<KeyPart>);
+/// A key is kept as its order-preserving byte encoding ([`Key::as_bytes`]), so comparing,
+/// hashing and storing one never re-encodes it, and building one from a tuple allocates once.
+/// The encoding of a prefix of a key is a byte prefix of the key's encoding, and each part's
+/// encoding delimits itself, so a byte prefix that is a whole key is a prefix of parts.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key(Vec<u8>);
 
 /// A byte string that is not a valid key encoding.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,20 +39,32 @@ const INT: u8 = 0x21;
 const FALSE: u8 = 0x26;
 const TRUE: u8 = 0x27;
 
+/// A value that can be one part of a [`Key`], written straight into the key's encoding:
+/// strings, byte strings, integers, booleans, message ids and [`KeyPart`]s.
+pub trait IntoKeyPart {
+    /// Appends this part's encoding to `out`.
+    fn encode_part(self, out: &mut Vec<u8>);
+}
+
 impl Key {
     /// A key of these parts.
     pub fn new(parts: Vec<KeyPart>) -> Self {
-        Key(parts)
+        let mut out = Vec::with_capacity(16 * parts.len());
+        for part in parts {
+            part.encode_part(&mut out);
+        }
+        Key(out)
     }
 
-    /// The parts.
-    pub fn parts(&self) -> &[KeyPart] {
-        &self.0
+    /// The parts, decoded from the encoding.
+    pub fn parts(&self) -> Vec<KeyPart> {
+        // Every way to make a key checks or writes a valid encoding.
+        decode_parts(&self.0).unwrap_or_default()
     }
 
     /// This key with one more part.
-    pub fn with(mut self, part: impl Into<KeyPart>) -> Self {
-        self.0.push(part.into());
+    pub fn with(mut self, part: impl IntoKeyPart) -> Self {
+        part.encode_part(&mut self.0);
         self
     }
 
@@ -60,74 +74,83 @@ impl Key {
     }
 
     /// The order-preserving byte encoding.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 * self.0.len());
-        for part in &self.0 {
-            match part {
-                KeyPart::Bytes(b) => escaped(&mut out, BYTES, b),
-                KeyPart::String(s) => escaped(&mut out, STRING, s.as_bytes()),
-                KeyPart::Int(i) => {
-                    out.push(INT);
-                    out.extend_from_slice(&((*i as u64) ^ (1 << 63)).to_be_bytes());
-                }
-                KeyPart::Bool(false) => out.push(FALSE),
-                KeyPart::Bool(true) => out.push(TRUE),
-            }
-        }
-        out
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 
-    /// Decodes [`Key::encode`]'s output.
+    /// The encoding, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+
+    /// A copy of the encoding ([`as_bytes`](Self::as_bytes) borrows it).
+    pub fn encode(&self) -> Vec<u8> {
+        self.0.clone()
+    }
+
+    /// The key whose encoding is `bytes`, checked.
     pub fn decode(bytes: &[u8]) -> Result<Key, KeyDecodeError> {
-        let mut parts = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            let tag = bytes[i];
-            i += 1;
-            match tag {
-                BYTES | STRING => {
-                    let mut buf = Vec::new();
-                    loop {
-                        match bytes.get(i) {
-                            None => return Err(KeyDecodeError { offset: i, reason: "unterminated part" }),
-                            Some(0) if bytes.get(i + 1) == Some(&0xff) => {
-                                buf.push(0);
-                                i += 2;
-                            }
-                            Some(0) => {
-                                i += 1;
-                                break;
-                            }
-                            Some(&b) => {
-                                buf.push(b);
-                                i += 1;
-                            }
+        decode_parts(bytes)?;
+        Ok(Key(bytes.to_vec()))
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The parts that `bytes` encodes.
+fn decode_parts(bytes: &[u8]) -> Result<Vec<KeyPart>, KeyDecodeError> {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let tag = bytes[i];
+        i += 1;
+        match tag {
+            BYTES | STRING => {
+                let mut buf = Vec::new();
+                loop {
+                    match bytes.get(i) {
+                        None => return Err(KeyDecodeError { offset: i, reason: "unterminated part" }),
+                        Some(0) if bytes.get(i + 1) == Some(&0xff) => {
+                            buf.push(0);
+                            i += 2;
+                        }
+                        Some(0) => {
+                            i += 1;
+                            break;
+                        }
+                        Some(&b) => {
+                            buf.push(b);
+                            i += 1;
                         }
                     }
-                    parts.push(if tag == BYTES {
-                        KeyPart::Bytes(buf)
-                    } else {
-                        KeyPart::String(
-                            String::from_utf8(buf)
-                                .map_err(|_| KeyDecodeError { offset: i, reason: "string part is not UTF-8" })?,
-                        )
-                    });
                 }
-                INT => {
-                    let raw: [u8; 8] = bytes
-                        .get(i..i + 8)
-                        .and_then(|s| s.try_into().ok())
-                        .ok_or(KeyDecodeError { offset: i, reason: "truncated integer" })?;
-                    parts.push(KeyPart::Int((u64::from_be_bytes(raw) ^ (1 << 63)) as i64));
-                    i += 8;
-                }
-                FALSE => parts.push(KeyPart::Bool(false)),
-                TRUE => parts.push(KeyPart::Bool(true)),
-                _ => return Err(KeyDecodeError { offset: i - 1, reason: "unknown part tag" }),
+                parts.push(if tag == BYTES {
+                    KeyPart::Bytes(buf)
+                } else {
+                    KeyPart::String(
+                        String::from_utf8(buf)
+                            .map_err(|_| KeyDecodeError { offset: i, reason: "string part is not UTF-8" })?,
+                    )
+                });
             }
+            INT => {
+                let raw: [u8; 8] = bytes
+                    .get(i..i + 8)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or(KeyDecodeError { offset: i, reason: "truncated integer" })?;
+                parts.push(KeyPart::Int((u64::from_be_bytes(raw) ^ (1 << 63)) as i64));
+                i += 8;
+            }
+            FALSE => parts.push(KeyPart::Bool(false)),
+            TRUE => parts.push(KeyPart::Bool(true)),
+            _ => return Err(KeyDecodeError { offset: i - 1, reason: "unknown part tag" }),
         }
-        Ok(Key(parts))
     }
+    Ok(parts)
 }
 
 fn escaped(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
@@ -144,7 +167,7 @@ fn escaped(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[")?;
-        for (i, part) in self.0.iter().enumerate() {
+        for (i, part) in self.parts().iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
@@ -162,6 +185,59 @@ impl fmt::Display for Key {
         }
         f.write_str("]")
     }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key{self}")
+    }
+}
+
+fn int(out: &mut Vec<u8>, i: i64) {
+    out.push(INT);
+    out.extend_from_slice(&((i as u64) ^ (1 << 63)).to_be_bytes());
+}
+
+impl IntoKeyPart for KeyPart {
+    fn encode_part(self, out: &mut Vec<u8>) {
+        (&self).encode_part(out);
+    }
+}
+
+impl IntoKeyPart for &KeyPart {
+    fn encode_part(self, out: &mut Vec<u8>) {
+        match self {
+            KeyPart::Bytes(b) => escaped(out, BYTES, b),
+            KeyPart::String(s) => escaped(out, STRING, s.as_bytes()),
+            KeyPart::Int(i) => int(out, *i),
+            KeyPart::Bool(false) => out.push(FALSE),
+            KeyPart::Bool(true) => out.push(TRUE),
+        }
+    }
+}
+
+macro_rules! encode_part {
+    ($($t:ty => $e:expr),* $(,)?) => {$(
+        impl IntoKeyPart for $t {
+            fn encode_part(self, out: &mut Vec<u8>) {
+                #[allow(clippy::redundant_closure_call)]
+                ($e)(self, out)
+            }
+        }
+    )*};
+}
+
+encode_part! {
+    &str => |v: &str, out| escaped(out, STRING, v.as_bytes()),
+    String => |v: String, out| escaped(out, STRING, v.as_bytes()),
+    &String => |v: &String, out| escaped(out, STRING, v.as_bytes()),
+    i64 => |v: i64, out| int(out, v),
+    i32 => |v: i32, out| int(out, v.into()),
+    u32 => |v: u32, out| int(out, v.into()),
+    bool => |v: bool, out: &mut Vec<u8>| out.push(if v { TRUE } else { FALSE }),
+    Vec<u8> => |v: Vec<u8>, out| escaped(out, BYTES, &v),
+    &[u8] => |v: &[u8], out| escaped(out, BYTES, v),
+    crate::queue::MessageId => |v: crate::queue::MessageId, out| escaped(out, BYTES, v.as_bytes()),
 }
 
 macro_rules! part_from {
@@ -188,27 +264,39 @@ part_from! {
     crate::queue::MessageId => |v: crate::queue::MessageId| KeyPart::Bytes(v.as_bytes().to_vec()),
 }
 
-impl<A: Into<KeyPart>> From<(A,)> for Key {
+impl<A: IntoKeyPart> From<(A,)> for Key {
     fn from((a,): (A,)) -> Self {
-        Key(vec![a.into()])
+        Key::default().with(a)
     }
 }
 
-impl<A: Into<KeyPart>, B: Into<KeyPart>> From<(A, B)> for Key {
+impl<A: IntoKeyPart, B: IntoKeyPart> From<(A, B)> for Key {
     fn from((a, b): (A, B)) -> Self {
-        Key(vec![a.into(), b.into()])
+        let mut out = Vec::with_capacity(32);
+        a.encode_part(&mut out);
+        b.encode_part(&mut out);
+        Key(out)
     }
 }
 
-impl<A: Into<KeyPart>, B: Into<KeyPart>, C: Into<KeyPart>> From<(A, B, C)> for Key {
+impl<A: IntoKeyPart, B: IntoKeyPart, C: IntoKeyPart> From<(A, B, C)> for Key {
     fn from((a, b, c): (A, B, C)) -> Self {
-        Key(vec![a.into(), b.into(), c.into()])
+        let mut out = Vec::with_capacity(48);
+        a.encode_part(&mut out);
+        b.encode_part(&mut out);
+        c.encode_part(&mut out);
+        Key(out)
     }
 }
 
-impl<A: Into<KeyPart>, B: Into<KeyPart>, C: Into<KeyPart>, D: Into<KeyPart>> From<(A, B, C, D)> for Key {
+impl<A: IntoKeyPart, B: IntoKeyPart, C: IntoKeyPart, D: IntoKeyPart> From<(A, B, C, D)> for Key {
     fn from((a, b, c, d): (A, B, C, D)) -> Self {
-        Key(vec![a.into(), b.into(), c.into(), d.into()])
+        let mut out = Vec::with_capacity(64);
+        a.encode_part(&mut out);
+        b.encode_part(&mut out);
+        c.encode_part(&mut out);
+        d.encode_part(&mut out);
+        Key(out)
     }
 }
 
@@ -251,7 +339,7 @@ mod tests {
                     KeyPart::Bool(_) => 3,
                 }
             }
-            for (x, y) in a.parts().iter().zip(b.parts()) {
+            for (x, y) in a.parts().iter().zip(b.parts().iter()) {
                 let o = match (x, y) {
                     (KeyPart::Bytes(x), KeyPart::Bytes(y)) => x.cmp(y),
                     (KeyPart::String(x), KeyPart::String(y)) => x.cmp(y),
@@ -279,6 +367,27 @@ mod tests {
         let prefix = Key::from(("executions",));
         assert!(key.encode().starts_with(&prefix.encode()));
         assert!(!Key::from(("executionsX",)).encode().starts_with(&prefix.encode()));
+    }
+
+    #[test]
+    fn tuples_encode_as_their_parts_do() {
+        let id = crate::queue::MessageId::new();
+        let built = Key::from(("executions", id, 7i64, true));
+        let parts = Key::new(vec![
+            KeyPart::String("executions".into()),
+            KeyPart::Bytes(id.as_bytes().to_vec()),
+            KeyPart::Int(7),
+            KeyPart::Bool(true),
+        ]);
+        assert_eq!(built, parts);
+        assert_eq!(built.parts(), parts.parts());
+        assert_eq!(Key::from(("executions",)).with(id).with(7i64).with(true), built);
+        assert!(built.starts_with(&Key::from(("executions", id))));
+        assert!(!built.starts_with(&Key::from(("executions", id, 8i64))));
+        // Ord on keys is the byte order, which is the tuple order.
+        assert!(Key::from(("a", 1i64)) < Key::from(("a", 2i64)));
+        assert!(Key::from(("a", -1i64)) < Key::from(("a", 0i64)));
+        assert!(Key::from(("a",)) < Key::from(("a", false)));
     }
 
     #[test]

@@ -15,8 +15,27 @@ use crate::time::Timestamp;
 pub const WATCH_CAPACITY: usize = 4096;
 
 struct State {
-    entries: BTreeMap<Vec<u8>, Entry>,
+    entries: BTreeMap<Key, Stored>,
     version: u64,
+}
+
+/// An entry without its key, which the map holds.
+#[derive(Clone)]
+struct Stored {
+    value: Vec<u8>,
+    versionstamp: Versionstamp,
+    expires_at: Option<Timestamp>,
+}
+
+impl Stored {
+    fn entry(&self, key: &Key) -> Entry {
+        Entry {
+            key: key.clone(),
+            value: self.value.clone(),
+            versionstamp: self.versionstamp,
+            expires_at: self.expires_at,
+        }
+    }
 }
 
 /// The in-memory store.
@@ -47,7 +66,7 @@ impl MemoryKv {
     }
 }
 
-fn live(entry: &Entry, now: Timestamp) -> bool {
+fn live(entry: &Stored, now: Timestamp) -> bool {
     entry.expires_at.is_none_or(|t| t > now)
 }
 
@@ -62,7 +81,7 @@ impl Kv for MemoryKv {
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>, KvError> {
         let now = Timestamp::now();
         let st = self.lock();
-        Ok(keys.iter().map(|k| st.entries.get(&k.encode()).filter(|e| live(e, now)).cloned()).collect())
+        Ok(keys.iter().map(|k| st.entries.get(k).filter(|e| live(e, now)).map(|e| e.entry(k))).collect())
     }
 
     async fn atomic(&self, write: AtomicWrite) -> Result<Option<Versionstamp>, KvError> {
@@ -73,7 +92,7 @@ impl Kv for MemoryKv {
         let version = {
             let mut st = self.lock();
             for check in &write.checks {
-                let current = st.entries.get(&check.key.encode()).filter(|e| live(e, now)).map(|e| e.versionstamp);
+                let current = st.entries.get(&check.key).filter(|e| live(e, now)).map(|e| e.versionstamp);
                 if current != check.versionstamp {
                     return Ok(None);
                 }
@@ -83,17 +102,15 @@ impl Kv for MemoryKv {
             for m in write.mutations {
                 match m {
                     Mutation::Set { key, value, ttl } => {
-                        let encoded = key.encode();
-                        let entry = Entry { key, value, versionstamp: version, expires_at: ttl.map(|t| now.plus(t)) };
+                        let stored = Stored { value, versionstamp: version, expires_at: ttl.map(|t| now.plus(t)) };
                         if watched {
-                            events.push((encoded.clone(), KvEvent::Set(entry.clone())));
+                            events.push((key.encode(), KvEvent::Set(stored.entry(&key))));
                         }
-                        st.entries.insert(encoded, entry);
+                        st.entries.insert(key, stored);
                     }
                     Mutation::Delete { key } => {
-                        let encoded = key.encode();
-                        if st.entries.remove(&encoded).is_some() && watched {
-                            events.push((encoded, KvEvent::Deleted(key)));
+                        if st.entries.remove(&key).is_some() && watched {
+                            events.push((key.encode(), KvEvent::Deleted(key)));
                         }
                     }
                 }
@@ -112,8 +129,9 @@ impl Kv for MemoryKv {
         let Some(KeyRange { lower, upper }) = options.key_range() else { return Ok(Vec::new()) };
         let (lower, upper) = (Bound::Excluded(lower), upper.map_or(Bound::Unbounded, Bound::Excluded));
         let st = self.lock();
-        let range = st.entries.range::<Vec<u8>, _>((lower, upper));
-        let keep = |(_, e): (&Vec<u8>, &Entry)| live(e, now).then(|| e.clone());
+        let (lower, upper) = (lower.as_ref().map(Vec::as_slice), upper.as_ref().map(Vec::as_slice));
+        let range = st.entries.range::<[u8], _>((lower, upper));
+        let keep = |(k, e): (&Key, &Stored)| live(e, now).then(|| e.entry(k));
         Ok(if options.reverse {
             range.rev().filter_map(keep).take(options.limit).collect()
         } else {

@@ -25,7 +25,7 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 
-pub use key::{Key, KeyDecodeError, KeyPart};
+pub use key::{IntoKeyPart, Key, KeyDecodeError, KeyPart};
 
 /// Identifies one committed write; larger is later. Shown as 20 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

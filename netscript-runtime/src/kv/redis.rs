@@ -238,17 +238,17 @@ impl Store {
         for write in writes {
             inv.arg(write.checks.len());
             for check in &write.checks {
-                inv.arg(check.key.encode()).arg(check.versionstamp.map(|v| v.0.to_string()).unwrap_or_default());
+                inv.arg(check.key.as_bytes()).arg(check.versionstamp.map(|v| v.0.to_string()).unwrap_or_default());
             }
             inv.arg(write.mutations.len());
             for m in &write.mutations {
                 match m {
                     Mutation::Set { key, value, ttl } => inv
                         .arg("s")
-                        .arg(key.encode())
+                        .arg(key.as_bytes())
                         .arg(value)
                         .arg(ttl.map(|t| ms(t).to_string()).unwrap_or_default()),
-                    Mutation::Delete { key } => inv.arg("d").arg(key.encode()).arg("").arg(""),
+                    Mutation::Delete { key } => inv.arg("d").arg(key.as_bytes()).arg("").arg(""),
                 };
             }
         }
@@ -402,7 +402,7 @@ impl Kv for RedisKv {
         let mut inv = GET_MANY_SCRIPT.prepare_invoke();
         inv.arg(&*self.store.entries);
         for key in keys {
-            inv.arg(key.encode());
+            inv.arg(key.as_bytes());
         }
         let reply = array(self.invoke(&inv).await?).map_err(corrupt)?;
         if reply.len() != keys.len() {

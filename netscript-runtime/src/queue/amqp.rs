@@ -363,7 +363,7 @@ impl Keys {
 
 /// The failure time and id of a dead-letter key (see [`Keys::dead`]).
 fn dead_key_parts(key: &Key) -> Option<(u64, MessageId)> {
-    match key.parts() {
+    match key.parts().as_slice() {
         [.., crate::kv::KeyPart::Int(at), crate::kv::KeyPart::Bytes(id)] => {
             Some((u64::try_from(*at).ok()?, id_from_bytes(id)?))
         }
