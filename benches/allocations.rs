@@ -13,8 +13,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use netscript::QueueProvider;
 use netscript::prelude::*;
-use netscript::{CancellationToken, QueueProvider};
 
 struct Counting;
 
@@ -62,16 +62,11 @@ fn main() {
             rt.enqueue_many((0..1000).map(|_| noop::enqueue()).collect()).await.unwrap();
         }
         let before_run = ALLOCATIONS.load(Ordering::Relaxed);
-        let stop = CancellationToken::new();
-        let workers = tokio::spawn({
-            let (rt, stop) = (rt.clone(), stop.clone());
-            async move { rt.run_workers(stop).await }
-        });
+        let workers = rt.spawn_workers();
         while DONE.load(Ordering::Relaxed) < jobs {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        stop.cancel();
-        workers.await.unwrap();
+        workers.stop().await;
         let after = ALLOCATIONS.load(Ordering::Relaxed);
         println!(
             "memory: {:.1} allocations per enqueued job, {:.1} per run (claim, run, record, ack), over {jobs} jobs",

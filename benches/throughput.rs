@@ -39,7 +39,7 @@ use common::cpu_time;
 mod support;
 
 use netscript::prelude::*;
-use netscript::{CancellationToken, QueueProvider, store::ExecutionFilter};
+use netscript::{QueueProvider, store::ExecutionFilter};
 
 static DONE: AtomicUsize = AtomicUsize::new(0);
 
@@ -86,20 +86,14 @@ async fn throughput(provider: QueueProvider, jobs: usize) {
         rt.enqueue_many(chunk.iter().map(|_| noop::enqueue()).collect()).await.expect("enqueue");
     }
     let enqueue = t.elapsed();
-    let stop = CancellationToken::new();
-    let workers = tokio::spawn({
-        let rt = rt.clone();
-        let stop = stop.clone();
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = rt.spawn_workers();
     let t = Instant::now();
     let cpu0 = cpu_time();
     while DONE.load(Ordering::Relaxed) < jobs {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // Stopping drains: the clock runs until every record is written and every message acked.
-    stop.cancel();
-    workers.await.expect("workers");
+    workers.stop().await;
     let run = t.elapsed();
     let cpu = cpu_time().zip(cpu0).map(|(b, a)| b.saturating_sub(a));
     let done = count_succeeded(&rt).await;
@@ -151,12 +145,7 @@ async fn latency(provider: QueueProvider, samples: usize) {
     let (tx, rx) = std_mpsc::sync_channel(1);
     *STARTED.lock().expect("lock") = Some(tx);
     let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-    let stop = CancellationToken::new();
-    let workers = tokio::spawn({
-        let rt = rt.clone();
-        let stop = stop.clone();
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = rt.spawn_workers();
     let mut lat = Vec::with_capacity(samples);
     for i in 0..samples + 100 {
         // Let the worker go idle so each sample measures a wake-up, not a busy loop.
@@ -173,8 +162,7 @@ async fn latency(provider: QueueProvider, samples: usize) {
             lat.push(started.duration_since(t0));
         }
     }
-    stop.cancel();
-    workers.await.expect("workers");
+    workers.stop().await;
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     println!(

@@ -67,11 +67,7 @@ async fn main() -> ExitCode {
 /// Fires the schedule once by hand and waits for its 20 imports, run 8 at a time.
 async fn burst() -> Result<(), Box<dyn std::error::Error>> {
     let rt = Runtime::builder().ignore_env().provider(QueueProvider::Memory).concurrency(8).build().await?;
-    let stop = netscript::CancellationToken::new();
-    let workers = tokio::spawn({
-        let (rt, stop) = (rt.clone(), stop.clone());
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = rt.spawn_workers();
     // A scheduler of our own to trigger by hand (the workers run theirs for the 06:00 ticks;
     // a tick fired by both would still enqueue once).
     let scheduler = rt.start_scheduler().await?;
@@ -96,7 +92,6 @@ async fn burst() -> Result<(), Box<dyn std::error::Error>> {
         println!("next `{}` fires: {:?}", info.id, info.next_fire_times.first());
     }
     scheduler.stop().await;
-    stop.cancel();
-    workers.await?;
+    workers.stop().await;
     Ok(())
 }

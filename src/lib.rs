@@ -41,9 +41,9 @@ pub use netscript_runtime::runtime::{
 };
 pub use netscript_runtime::{
     Backoff, CancellationToken, EnqueueJob, EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, JobContext,
-    JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, Runtime, RuntimeBuilder,
-    StartupError, State, WorkerPool, WorkerSelection, WorkersConfig, api, backends, cli, config, cron, job as jobs, kv,
-    metrics, process, queue, scheduler, shutdown, store, tasks, telemetry, time, webhook, worker,
+    JobDescriptor, JobError, JobErrorKind, JobResult, QueueProvider, Registry, RunnerMode, RunningWorkers, Runtime,
+    RuntimeBuilder, StartupError, State, WorkerPool, WorkerSelection, WorkersConfig, api, backends, cli, config, cron,
+    job as jobs, kv, metrics, process, queue, scheduler, shutdown, store, tasks, telemetry, time, webhook, worker,
 };
 
 /// Runs the app: parses the command line (`serve`, `jobs`, `trigger`, `executions`, ...) and

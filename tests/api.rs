@@ -370,19 +370,14 @@ async fn the_openapi_document_declares_bearer_auth_when_a_token_is_set() {
 #[tokio::test]
 async fn dead_letters_are_listed_and_redriven() {
     let rt = runtime().await;
-    let stop = netscript::CancellationToken::new();
-    let workers = tokio::spawn({
-        let (rt, stop) = (rt.clone(), stop.clone());
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = rt.spawn_workers();
     let first = rt.enqueue(broken::enqueue()).await.unwrap().execution_id;
     let second = rt.enqueue(broken::enqueue()).await.unwrap().execution_id;
     for id in [first, second] {
         let r = rt.wait_for(id, Duration::from_secs(10)).await.unwrap().unwrap();
         assert_eq!(r.status, ExecutionStatus::Dead);
     }
-    stop.cancel();
-    workers.await.unwrap();
+    workers.stop().await;
 
     let (status, dead) = call(&rt, Method::GET, "/api/v1/workers/dead-letters?limit=10", "").await;
     assert_eq!(status, StatusCode::OK);
@@ -506,11 +501,7 @@ async fn topics_can_be_paused_and_resumed() {
 #[tokio::test]
 async fn topics_show_what_this_process_finished_in_the_last_minute() {
     let rt = runtime().await;
-    let stop = netscript::CancellationToken::new();
-    let workers = tokio::spawn({
-        let (rt, stop) = (rt.clone(), stop.clone());
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = rt.spawn_workers();
     let mut ids = Vec::new();
     for n in 0..3 {
         ids.push(rt.enqueue(charge::enqueue(Charge { order_id: format!("o{n}"), amount_cents: 1 })).await.unwrap());
@@ -520,8 +511,7 @@ async fn topics_show_what_this_process_finished_in_the_last_minute() {
         let r = rt.wait_for(receipt.execution_id, Duration::from_secs(10)).await.unwrap().unwrap();
         assert!(r.status.is_final(), "{r:?}");
     }
-    stop.cancel();
-    workers.await.unwrap();
+    workers.stop().await;
     let (status, topics) = call(&rt, Method::GET, "/api/v1/workers/topics", "").await;
     assert_eq!(status, StatusCode::OK);
     let throughput = |name: &str| {

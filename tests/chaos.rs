@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use netscript::prelude::*;
 use netscript::store::ExecutionFilter;
-use netscript::{CancellationToken, ExecutionStatus, QueueProvider};
+use netscript::{ExecutionStatus, QueueProvider};
 
 /// Jobs per case at most.
 const MAX_JOBS: u32 = 20_000;
@@ -153,11 +153,7 @@ where
         rt.enqueue_many(chunk.iter().map(|&n| chaos_step::enqueue(n)).collect()).await.expect("enqueue");
     }
     let started = Instant::now();
-    let stop = CancellationToken::new();
-    let workers = tokio::spawn({
-        let (rt, stop) = (rt.clone(), stop.clone());
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = rt.spawn_workers();
 
     let deadline = Instant::now() + Duration::from_secs(60);
     while EXECUTIONS.load(Ordering::SeqCst) < u64::from(jobs / 4) {
@@ -193,8 +189,7 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let elapsed = started.elapsed();
-    stop.cancel();
-    workers.await.expect("workers");
+    workers.stop().await;
 
     let all = rt.store().list(&ExecutionFilter { limit: Some(jobs as usize * 2), ..Default::default() }).await.unwrap();
     assert_eq!(all.len(), jobs as usize, "{name}: one record per job");

@@ -53,16 +53,11 @@ async fn trigger_wait_reports_the_outcome_in_the_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     // A worker on the same store, as `serve` in another terminal would be.
     let rt = open(dir.path()).await;
-    let stop = netscript::CancellationToken::new();
-    let workers = tokio::spawn({
-        let (rt, stop) = (rt.clone(), stop.clone());
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = rt.spawn_workers();
     let ok = run(dir.path(), &["trigger", "greet", "--payload", "{\"name\":\"Ada\"}", "--wait", "--timeout", "20s"]);
     assert_eq!(ok.await, ExitCode::SUCCESS);
     assert_eq!(run(dir.path(), &["trigger", "hopeless", "--wait", "--timeout", "20s"]).await, ExitCode::FAILURE);
-    stop.cancel();
-    workers.await.unwrap();
+    workers.stop().await;
 
     let dead = rt.queue().dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);

@@ -34,8 +34,7 @@ use std::time::{Duration, Instant};
 
 use netscript::prelude::*;
 use netscript::store::ExecutionFilter;
-use netscript::worker::WorkerReport;
-use netscript::{CancellationToken, ExecutionId, ExecutionStatus, QueueProvider};
+use netscript::{ExecutionId, ExecutionStatus, QueueProvider};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
@@ -193,15 +192,6 @@ fn integrity(dir: &Path) -> String {
     rows.join("; ")
 }
 
-fn spawn_workers(rt: &Runtime) -> (CancellationToken, tokio::task::JoinHandle<WorkerReport>) {
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn({
-        let (rt, stop) = (rt.clone(), stop.clone());
-        async move { rt.run_workers(stop).await }
-    });
-    (stop, handle)
-}
-
 /// Waits until every execution in `ids` succeeded; panics naming the first that did not.
 async fn all_succeed(rt: &Runtime, ids: &[ExecutionId]) {
     for &id in ids {
@@ -233,7 +223,7 @@ async fn disk_full() {
     let receipts = rt.enqueue_many((0..20).map(|n| job(n).delay(Duration::from_secs(2))).collect()).await.unwrap();
     let before: Vec<(u32, ExecutionId)> = (0..20).zip(receipts.iter().map(|r| r.execution_id)).collect();
     // Two jobs running when the disk fills: they end on the full disk.
-    let (stop, workers) = spawn_workers(&rt);
+    let workers = rt.spawn_workers();
     let receipts = rt.enqueue_many(vec![gate::enqueue(100), gate::enqueue(101)]).await.unwrap();
     let running: Vec<(u32, ExecutionId)> = (100..102).zip(receipts.iter().map(|r| r.execution_id)).collect();
     while runs().len() < 2 {
@@ -274,8 +264,7 @@ async fn disk_full() {
     let accepted: Vec<(u32, ExecutionId)> =
         before.iter().chain(&running).chain(&squeezed).chain(&after).copied().collect();
     all_succeed(&rt, &accepted.iter().map(|(_, id)| *id).collect::<Vec<_>>()).await;
-    stop.cancel();
-    let report = workers.await.unwrap();
+    let report = workers.stop().await;
     println!("  workers: {report:?}");
 
     // Every accepted job ran, the waiting ones exactly once; nothing else is in the store.
@@ -328,10 +317,9 @@ async fn read_only_at_startup() {
     fs.remount("rw").unwrap();
     assert_eq!(integrity(&existing), "ok");
     let rt = open(&existing).await.unwrap();
-    let (stop, workers) = spawn_workers(&rt);
+    let workers = rt.spawn_workers();
     all_succeed(&rt, &[id]).await;
-    stop.cancel();
-    workers.await.unwrap();
+    workers.stop().await;
     assert_eq!(runs().get(&3000), Some(&1));
 }
 
@@ -346,7 +334,7 @@ async fn read_only_while_running() {
     let fs = Tmpfs::mount("4m").unwrap();
     let dir = fs.path().join("data");
     let rt = open(&dir).await.unwrap();
-    let (stop, workers) = spawn_workers(&rt);
+    let workers = rt.spawn_workers();
     let first = rt.enqueue(job(4000)).await.unwrap().execution_id;
     all_succeed(&rt, &[first]).await;
     match fs.remount("ro") {
@@ -364,8 +352,7 @@ async fn read_only_while_running() {
     }
     let second = rt.enqueue(job(4002)).await.unwrap().execution_id;
     all_succeed(&rt, &[second]).await;
-    stop.cancel();
-    workers.await.unwrap();
+    workers.stop().await;
     assert_eq!(PANICS.load(Ordering::SeqCst), 0);
     drop(rt);
     assert_eq!(integrity(&dir), "ok");
@@ -458,11 +445,10 @@ async fn read_only_while_running_ext4() {
     let waiting: Vec<ExecutionId>;
     {
         let rt = open(&dir).await.unwrap();
-        let (stop, workers) = spawn_workers(&rt);
+        let workers = rt.spawn_workers();
         let receipts = rt.enqueue_many((5000..5010).map(job).collect()).await.unwrap();
         all_succeed(&rt, &receipts.iter().map(|r| r.execution_id).collect::<Vec<_>>()).await;
-        stop.cancel();
-        workers.await.unwrap();
+        workers.stop().await;
         // Accepted while no worker runs; they wait through the read-only spell.
         let receipts = rt.enqueue_many((5100..5110).map(job).collect()).await.unwrap();
         waiting = receipts.iter().map(|r| r.execution_id).collect();
@@ -475,7 +461,7 @@ async fn read_only_while_running_ext4() {
         assert!(error.contains(&dir.join(FILE_NAME).display().to_string()), "and names the file: {error}");
 
         let logged_before = LOGGED.load(Ordering::SeqCst);
-        let (stop, workers) = spawn_workers(&rt);
+        let workers = rt.spawn_workers();
         let window = Duration::from_secs(4);
         tokio::time::sleep(window).await;
         let logged = LOGGED.load(Ordering::SeqCst) - logged_before;
@@ -485,8 +471,7 @@ async fn read_only_while_running_ext4() {
         }
         assert!(logged <= 100, "no tight error loop: {logged} events: {:?}", LOG_SAMPLE.lock().unwrap());
         assert!(!workers.is_finished(), "the workers keep running on a read-only disk");
-        stop.cancel();
-        workers.await.unwrap();
+        workers.stop().await;
         assert_eq!(PANICS.load(Ordering::SeqCst), 0, "nothing panicked");
     }
     // The operator's way back: unmount, check, mount read-write.
@@ -496,12 +481,11 @@ async fn read_only_while_running_ext4() {
     fs.mount().unwrap();
     assert_eq!(integrity(&dir), "ok", "the file is intact after the read-only spell");
     let rt = open(&dir).await.unwrap();
-    let (stop, workers) = spawn_workers(&rt);
+    let workers = rt.spawn_workers();
     let after = rt.enqueue(job(5300)).await.unwrap().execution_id;
     all_succeed(&rt, &waiting).await;
     all_succeed(&rt, &[after]).await;
-    stop.cancel();
-    workers.await.unwrap();
+    workers.stop().await;
     let runs = runs();
     let wrong: Vec<_> = (5000..5010).chain(5100..5110).chain([5300]).filter(|n| runs.get(n) != Some(&1)).collect();
     assert!(wrong.is_empty(), "every accepted job ran exactly once: {wrong:?} in {runs:?}");

@@ -132,18 +132,13 @@ impl Kv for FlakyWrites {
 }
 
 async fn run_until_recorded(rt: &Runtime, ids: &[netscript::ExecutionId]) {
-    let stop = CancellationToken::new();
-    let workers = tokio::spawn({
-        let (rt, stop) = (rt.clone(), stop.clone());
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = rt.spawn_workers();
     for &id in ids {
         let r = rt.wait_for(id, Duration::from_secs(20)).await.unwrap().unwrap();
         assert_eq!(r.status, ExecutionStatus::Succeeded, "{r:?}");
         assert_eq!(r.result, Some(r.payload.clone()));
     }
-    stop.cancel();
-    workers.await.unwrap();
+    workers.stop().await;
 }
 
 #[tokio::test]
@@ -301,19 +296,14 @@ async fn a_worker_stalled_past_its_lease_records_nothing_and_its_result_is_refus
     }
     // The other worker takes the job over once the lease lapses, runs it and records it.
     let healthy = open("healthy", false).await.unwrap();
-    let stop = CancellationToken::new();
-    let workers = tokio::spawn({
-        let (rt, stop) = (healthy.clone(), stop.clone());
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = healthy.spawn_workers();
     let r = healthy.wait_for(id, Duration::from_secs(20)).await.unwrap().unwrap();
     assert_eq!(r.result, Some(serde_json::json!("healthy")), "{r:?}");
     // The stalled worker wakes, finishes, and its result is refused: the record keeps the
     // healthy worker's result and the refusal is counted.
     stop_stalled.cancel();
     stalled.join().unwrap();
-    stop.cancel();
-    workers.await.unwrap();
+    workers.stop().await;
     let r = healthy.store().get(id).await.unwrap().unwrap();
     assert_eq!(r.status, ExecutionStatus::Succeeded);
     assert_eq!(r.result, Some(serde_json::json!("healthy")), "the stale result was not recorded: {r:?}");
@@ -350,11 +340,7 @@ async fn the_workers_purge_dead_letters_past_their_retention() {
     assert_eq!(rt.queue().dead_letters(10).await.unwrap().len(), 1);
 
     let started = netscript::time::Timestamp::now();
-    let stop = CancellationToken::new();
-    let workers = tokio::spawn({
-        let (rt, stop) = (rt.clone(), stop.clone());
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = rt.spawn_workers();
     // The first pass comes 5 s after the start.
     let mut purged = false;
     for _ in 0..150 {
@@ -364,8 +350,7 @@ async fn the_workers_purge_dead_letters_past_their_retention() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.cancel();
-    workers.await.unwrap();
+    workers.stop().await;
     assert!(purged, "the dead letter past one day was not purged within 15 s");
     // The pruner asked for the letters that failed before one day ago.
     let cutoffs = queue.purges.lock().unwrap().clone();

@@ -54,11 +54,7 @@ async fn the_thread_pool_keeps_blocking_jobs_off_the_callers_runtime() {
         .build()
         .await
         .unwrap();
-    let stop = netscript::CancellationToken::new();
-    let workers = tokio::spawn({
-        let (rt, stop) = (rt.clone(), stop.clone());
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = rt.spawn_workers();
     let a = rt.enqueue(block_thread::enqueue()).await.unwrap().execution_id;
     let b = rt.enqueue(block_thread::enqueue()).await.unwrap().execution_id;
     // Both block at once: one per pool thread, and this runtime still runs.
@@ -72,8 +68,7 @@ async fn the_thread_pool_keeps_blocking_jobs_off_the_callers_runtime() {
         assert!(record.result.as_ref().unwrap().as_str().unwrap().starts_with("netscript-job-"), "{record:?}");
     }
     assert_ne!(a.result, b.result, "two threads, one each");
-    stop.cancel();
-    workers.await.unwrap();
+    workers.stop().await;
 }
 
 /// The example app, built next to this test binary by `cargo test`.

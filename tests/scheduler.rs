@@ -638,11 +638,7 @@ async fn the_workers_run_the_scheduler() {
         .await
         .unwrap();
     let mut feed = rt.store().subscribe();
-    let stop = netscript::CancellationToken::new();
-    let workers = tokio::spawn({
-        let (rt, stop) = (rt.clone(), stop.clone());
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = rt.spawn_workers();
     // The scheduler starts inside `run_workers`, out of the test's sight: move the clock an
     // hour at a time until a tick's job has run (the first tick may pass before it starts).
     let mut done = None;
@@ -664,8 +660,7 @@ async fn the_workers_run_the_scheduler() {
     let record = done.expect("a scheduled job ran");
     assert_eq!(record.job_id, "sync-note");
     assert!(record.payload.as_str().unwrap().starts_with("hourly 2026-01-01T"), "{:?}", record.payload);
-    stop.cancel();
-    workers.await.unwrap();
+    workers.stop().await;
 }
 
 #[tokio::test]
@@ -687,19 +682,14 @@ async fn runs_in_five_hours(scheduler: bool) -> usize {
         .build()
         .await
         .unwrap();
-    let stop = netscript::CancellationToken::new();
-    let workers = tokio::spawn({
-        let (rt, stop) = (rt.clone(), stop.clone());
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = rt.spawn_workers();
     for _ in 0..5 {
         clock.advance(Duration::from_secs(3600));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The schedules are still known (listed by the API and the CLI) either way.
     assert_eq!(rt.schedules().len(), 1);
-    stop.cancel();
-    workers.await.unwrap();
+    workers.stop().await;
     executions(&rt).await.len()
 }
 

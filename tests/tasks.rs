@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use netscript::tasks::{TaskDefinition, TaskRuntime, define_task};
 use netscript::{
-    CancellationToken, EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, QueueProvider, RunnerMode,
-    Runtime, StartupError,
+    EnqueueOptions, ExecutionId, ExecutionRecord, ExecutionStatus, QueueProvider, RunnerMode, Runtime, StartupError,
 };
 
 /// Doubles `n` from its payload, reporting progress on the way.
@@ -66,11 +65,7 @@ async fn finish(rt: &Runtime, id: ExecutionId) -> ExecutionRecord {
 async fn tasks_run_like_jobs_on_every_runner() {
     for runner in [RunnerMode::InProcess, RunnerMode::ThreadPool, RunnerMode::Subprocess] {
         let rt = runtime(runner).await;
-        let stop = CancellationToken::new();
-        let workers = tokio::spawn({
-            let (rt, stop) = (rt.clone(), stop.clone());
-            async move { rt.run_workers(stop).await }
-        });
+        let workers = rt.spawn_workers();
 
         let id = rt.enqueue_json("double", serde_json::json!({"n": 21}), EnqueueOptions::default()).await.unwrap();
         let record = finish(&rt, id.execution_id).await;
@@ -83,19 +78,14 @@ async fn tasks_run_like_jobs_on_every_runner() {
         assert_eq!((record.status, record.attempts.len()), (ExecutionStatus::Dead, 2), "{runner:?}: {record:?}");
         assert_eq!(record.error.as_deref(), Some("exited with status 4; stderr: the disk is full"));
 
-        stop.cancel();
-        workers.await.unwrap();
+        workers.stop().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_task_has_its_process_killed() {
     let rt = runtime(RunnerMode::InProcess).await;
-    let stop = CancellationToken::new();
-    let workers = tokio::spawn({
-        let (rt, stop) = (rt.clone(), stop.clone());
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = rt.spawn_workers();
     let id = rt.enqueue_json("forever", serde_json::Value::Null, EnqueueOptions::default()).await.unwrap().execution_id;
     for _ in 0..500 {
         if rt.store().get(id).await.unwrap().is_some_and(|r| r.status == ExecutionStatus::Running) {
@@ -108,8 +98,7 @@ async fn a_cancelled_task_has_its_process_killed() {
     let record = finish(&rt, id).await;
     assert_eq!(record.status, ExecutionStatus::Cancelled, "{record:?}");
     assert!(started.elapsed() < Duration::from_secs(10), "the 60 s child was killed, not waited for");
-    stop.cancel();
-    workers.await.unwrap();
+    workers.stop().await;
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use netscript::prelude::*;
 use netscript::queue::NewMessage;
-use netscript::{CancellationToken, ExecutionStatus, QueueProvider, StartupError};
+use netscript::{ExecutionStatus, QueueProvider, StartupError};
 
 #[derive(Debug, Deserialize, Serialize, JsonSchema)]
 struct Add {
@@ -109,26 +109,8 @@ async fn runtime(provider: QueueProvider, dir: &std::path::Path) -> Runtime {
         .expect("runtime")
 }
 
-struct Workers {
-    stop: CancellationToken,
-    handle: tokio::task::JoinHandle<netscript::worker::WorkerReport>,
-}
-
-fn start(rt: &Runtime) -> Workers {
-    let stop = CancellationToken::new();
-    let handle = tokio::spawn({
-        let rt = rt.clone();
-        let stop = stop.clone();
-        async move { rt.run_workers(stop).await }
-    });
-    Workers { stop, handle }
-}
-
-impl Workers {
-    async fn stop(self) -> netscript::worker::WorkerReport {
-        self.stop.cancel();
-        self.handle.await.expect("workers")
-    }
+fn start(rt: &Runtime) -> netscript::RunningWorkers {
+    rt.spawn_workers()
 }
 
 async fn finish(rt: &Runtime, id: netscript::ExecutionId) -> netscript::ExecutionRecord {
@@ -562,11 +544,7 @@ async fn the_workers_prune_ended_history_past_its_retention() {
     let recent = old_record(1, 4, ExecutionStatus::Succeeded);
     rt.store().put_many(vec![expired.clone(), dead.clone(), running.clone(), recent.clone()]).await.unwrap();
 
-    let stop = CancellationToken::new();
-    let workers = tokio::spawn({
-        let (rt, stop) = (rt.clone(), stop.clone());
-        async move { rt.run_workers(stop).await }
-    });
+    let workers = rt.spawn_workers();
     // The first pass comes 5 s after the start.
     let mut gone = false;
     for _ in 0..150 {
@@ -577,8 +555,7 @@ async fn the_workers_prune_ended_history_past_its_retention() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.cancel();
-    workers.await.unwrap();
+    workers.stop().await;
     assert!(gone, "the ended records past 2 days were not pruned within 15 s");
     assert_eq!(rt.store().get(running.id).await.unwrap().map(|r| r.status), Some(ExecutionStatus::Running));
     assert_eq!(rt.store().get(recent.id).await.unwrap().map(|r| r.status), Some(ExecutionStatus::Succeeded));

@@ -52,7 +52,7 @@ pub use job::{
     Backoff, EnqueueJob, EnqueueOptions, JobContext, JobDescriptor, JobError, JobErrorKind, JobResult, Registry, State,
 };
 
-pub use runtime::{Runtime, RuntimeBuilder, StartupError, WorkerPool, WorkerSelection};
+pub use runtime::{RunningWorkers, Runtime, RuntimeBuilder, StartupError, WorkerPool, WorkerSelection};
 pub use store::{ExecutionId, ExecutionRecord, ExecutionStatus};
 /// Fires once to stop something: workers (`Runtime::run_workers`), a job (`JobContext::cancellation`).
 pub use tokio_util::sync::CancellationToken;

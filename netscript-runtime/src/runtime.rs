@@ -507,6 +507,39 @@ impl RuntimeBuilder {
     }
 }
 
+/// Workers started by [`Runtime::spawn_workers`]. Dropping the handle leaves them running.
+#[derive(Debug)]
+#[must_use = "the workers run until stopped: keep the handle to stop and drain them"]
+pub struct RunningWorkers {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<WorkerReport>,
+}
+
+impl RunningWorkers {
+    /// Stops claiming, waits for the running jobs as a cancelled
+    /// [`run_workers`](Runtime::run_workers) does, and returns what they did.
+    pub async fn stop(self) -> WorkerReport {
+        self.stop.cancel();
+        match self.task.await {
+            Ok(report) => report,
+            // A panic in the workers' task is a bug: let it surface where they are stopped.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => WorkerReport::default(),
+        }
+    }
+
+    /// Whether they stopped already (their token fired, or their task ended on its own).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// The token that stops them, for stopping them from elsewhere (then await
+    /// [`stop`](Self::stop) for the report).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
 impl Runtime {
     /// A builder with the default configuration.
     pub fn builder() -> RuntimeBuilder {
@@ -785,6 +818,24 @@ impl Runtime {
     /// the scheduler and drains the workers (see [`Dispatcher::run`]).
     pub async fn run_workers(&self, stop: CancellationToken) -> WorkerReport {
         self.run_workers_for(&WorkerSelection::All, stop).await
+    }
+
+    /// Starts [`run_workers`](Self::run_workers) on a task of its own and returns at once: for
+    /// an app that runs its workers beside its own server, and for tests. [`RunningWorkers::stop`]
+    /// stops and drains them. Call it inside a tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn demo(rt: netscript_runtime::Runtime) {
+    /// let workers = rt.spawn_workers();
+    /// // ... serve the app, enqueue jobs ...
+    /// let report = workers.stop().await;
+    /// # let _ = report;
+    /// # }
+    /// ```
+    pub fn spawn_workers(&self) -> RunningWorkers {
+        let stop = CancellationToken::new();
+        let (rt, token) = (self.clone(), stop.clone());
+        RunningWorkers { stop, task: tokio::spawn(async move { rt.run_workers(token).await }) }
     }
 
     /// [`run_workers`](Self::run_workers) for the pools `selection` picks.
