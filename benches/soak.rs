@@ -39,7 +39,7 @@
 #![allow(clippy::unwrap_used)] // a benchmark: a failed unwrap is a failed run
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -51,11 +51,8 @@ use netscript::prelude::*;
 use netscript::queue::QueueStats;
 use netscript::store::ExecutionFilter;
 use netscript::{CancellationToken, ExecutionId, ExecutionStatus, QueueProvider};
+use support::workers::WorkerSetup as Setup;
 
-/// Set in a worker process: the encoded [`Setup`].
-const CHILD: &str = "NETSCRIPT_SOAK_CHILD";
-/// Set in a worker process: the parent's pid, so an orphaned worker exits.
-const PARENT: &str = "NETSCRIPT_SOAK_PARENT";
 /// Jobs per `enqueue_many` call.
 const CHUNK: usize = 1_000;
 /// Records per page when reading the store back.
@@ -182,57 +179,6 @@ impl Rng {
     }
 }
 
-/// What a worker process needs: the backend, the namespace, the data directory, the tuning.
-#[derive(Clone, Debug)]
-struct Setup {
-    provider: QueueProvider,
-    namespace: String,
-    dir: std::path::PathBuf,
-    concurrency: usize,
-    lease: Duration,
-}
-
-impl Setup {
-    fn encode(&self) -> String {
-        format!(
-            "{}|{}|{}|{}|{}",
-            self.provider.as_str(),
-            self.namespace,
-            self.concurrency,
-            self.lease.as_millis(),
-            self.dir.display()
-        )
-    }
-
-    fn decode(s: &str) -> Self {
-        let mut parts = s.splitn(5, '|');
-        let mut next = || parts.next().expect("a worker's setup has five parts");
-        let provider = next().parse().expect("provider");
-        let namespace = next().to_owned();
-        let concurrency = next().parse().expect("concurrency");
-        let lease = Duration::from_millis(next().parse().expect("lease"));
-        let dir = next().into();
-        Self { provider, namespace, dir, concurrency, lease }
-    }
-
-    async fn runtime(&self) -> Runtime {
-        let setup = self.clone();
-        Runtime::builder()
-            .ignore_env()
-            .provider(self.provider)
-            .data_dir(&self.dir)
-            .configure(move |c| {
-                support::configure(c, setup.provider, &setup.namespace);
-                c.concurrency = setup.concurrency;
-                c.lease = setup.lease;
-                c.poll_interval = Duration::from_millis(20);
-            })
-            .build()
-            .await
-            .unwrap_or_else(|e| panic!("{} runtime: {e}", self.provider.as_str()))
-    }
-}
-
 /// The worker processes; SIGKILLs and reaps them all when dropped (a failed or timed-out
 /// run leaves none behind).
 struct Workers {
@@ -243,14 +189,7 @@ struct Workers {
 
 impl Workers {
     fn spawn(&mut self) {
-        let child = Command::new(std::env::current_exe().expect("own path"))
-            .env(CHILD, self.setup.encode())
-            .env(PARENT, std::process::id().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn a worker process");
-        self.children.push(child);
+        self.children.push(self.setup.spawn());
         self.started += 1;
     }
 
@@ -693,27 +632,9 @@ async fn soak(provider: QueueProvider, settings: &Settings) -> bool {
     ok
 }
 
-/// A worker process: runs until killed, or exits once its parent is gone.
-async fn child(setup: Setup) {
-    let parent: u32 = std::env::var(PARENT).ok().and_then(|p| p.parse().ok()).unwrap_or(0);
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if std::os::unix::process::parent_id() != parent {
-                std::process::exit(3);
-            }
-        }
-    });
-    let rt = setup.runtime().await;
-    rt.run_workers(CancellationToken::new()).await;
-}
-
 fn main() {
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
-    if let Ok(setup) = std::env::var(CHILD) {
-        tokio.block_on(child(Setup::decode(&setup)));
-        return;
-    }
+    support::workers::run_if_worker(&tokio);
     let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let available: Vec<QueueProvider> = support::providers()
         .into_iter()

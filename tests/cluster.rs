@@ -18,73 +18,24 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 mod support;
 
 use netscript::prelude::*;
 use netscript::store::ExecutionFilter;
-use netscript::{CancellationToken, ExecutionStatus, QueueProvider};
+use netscript::{ExecutionStatus, QueueProvider};
+use support::workers::WorkerSetup;
 
 const JOBS: u32 = 10_000;
 const WORKERS: usize = 4;
-const CHILD: &str = "NETSCRIPT_TEST_CLUSTER_CHILD";
 
 /// A short job, so that a kill lands while some are running.
 #[job(id = "cluster-step", retries = 0, timeout = "10s")]
 async fn cluster_step(n: u32) -> JobResult<u32> {
     tokio::time::sleep(Duration::from_millis(1)).await;
     Ok(n)
-}
-
-/// What the parent passes to its children: the backend, the namespace, the data directory.
-#[derive(Clone, Debug)]
-struct Setup {
-    provider: QueueProvider,
-    namespace: String,
-    dir: std::path::PathBuf,
-}
-
-impl Setup {
-    fn encode(&self) -> String {
-        format!("{}|{}|{}", self.provider.as_str(), self.namespace, self.dir.display())
-    }
-
-    fn decode(s: &str) -> Self {
-        let mut parts = s.splitn(3, '|');
-        let provider = parts.next().unwrap().parse().unwrap();
-        let namespace = parts.next().unwrap().to_owned();
-        let dir = parts.next().unwrap().into();
-        Self { provider, namespace, dir }
-    }
-
-    async fn runtime(&self) -> Runtime {
-        let setup = self.clone();
-        Runtime::builder()
-            .ignore_env()
-            .provider(self.provider)
-            .data_dir(&self.dir)
-            .configure(move |c| {
-                support::configure(c, setup.provider, &setup.namespace);
-                c.concurrency = 4;
-                // Heartbeats every 400 ms: a dead worker's jobs are back within about 1.2 s.
-                c.lease = Duration::from_millis(1200);
-                c.poll_interval = Duration::from_millis(20);
-            })
-            .build()
-            .await
-            .unwrap_or_else(|e| panic!("{} runtime: {e}", self.provider.as_str()))
-    }
-}
-
-fn spawn_worker(setup: &Setup) -> Child {
-    Command::new(std::env::current_exe().expect("own path"))
-        .env(CHILD, setup.encode())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn worker")
 }
 
 async fn records(rt: &Runtime) -> Vec<netscript::ExecutionRecord> {
@@ -104,7 +55,14 @@ async fn succeeded(rt: &Runtime) -> usize {
 async fn run(provider: QueueProvider) {
     let dir = tempfile::tempdir().expect("tempdir");
     let namespace = support::unique_namespace("cluster");
-    let setup = Setup { provider, namespace, dir: dir.path().to_owned() };
+    // Heartbeats every 400 ms: a dead worker's jobs are back within about 1.2 s.
+    let setup = WorkerSetup {
+        provider,
+        namespace,
+        dir: dir.path().to_owned(),
+        concurrency: 4,
+        lease: Duration::from_millis(1200),
+    };
     let rt = setup.runtime().await;
     let _cleanup = support::DropNamespace(provider, setup.namespace.clone());
     let started = Instant::now();
@@ -112,7 +70,7 @@ async fn run(provider: QueueProvider) {
     for chunk in ids.chunks(1000) {
         rt.enqueue_many(chunk.iter().map(|&n| cluster_step::enqueue(n)).collect()).await.expect("enqueue");
     }
-    let mut workers: Vec<Child> = (0..WORKERS).map(|_| spawn_worker(&setup)).collect();
+    let mut workers: Vec<Child> = (0..WORKERS).map(|_| setup.spawn()).collect();
 
     let deadline = Instant::now() + Duration::from_secs(120);
     while succeeded(&rt).await < JOBS as usize / 4 {
@@ -180,18 +138,9 @@ async fn run(provider: QueueProvider) {
     );
 }
 
-async fn child(setup: Setup) {
-    let rt = setup.runtime().await;
-    // Runs until the parent kills this process.
-    rt.run_workers(CancellationToken::new()).await;
-}
-
 fn main() {
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
-    if let Ok(setup) = std::env::var(CHILD) {
-        tokio.block_on(child(Setup::decode(&setup)));
-        return;
-    }
+    support::workers::run_if_worker(&tokio);
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let mut passed = 0;
     // Memory is one process's own: it has no cluster.

@@ -9,6 +9,7 @@
 pub mod http;
 #[cfg(feature = "redis")]
 pub mod own_redis;
+pub mod workers;
 
 use netscript::config::BrokerUrl;
 use netscript::{QueueProvider, WorkersConfig};
