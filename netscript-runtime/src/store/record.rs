@@ -278,6 +278,7 @@ mod tests {
         let mut fast = Vec::new();
         r.write_json(&mut fast);
         let derived = serde_json::to_vec(r).unwrap();
+        assert_eq!(serde_json::from_slice::<ExecutionRecord>(&fast).unwrap(), *r, "reads back");
         assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(derived).unwrap());
     }
 
@@ -315,6 +316,46 @@ mod tests {
         ];
         r.updated_at = Timestamp(253_402_300_799_999);
         assert_same_json(&r);
+
+        // Random records: every optional field present or not, strings of any characters.
+        let mut rng = fastrand::Rng::with_seed(7);
+        let text = |rng: &mut fastrand::Rng| -> String {
+            (0..rng.usize(0..12))
+                .map(|_| match rng.u8(0..4) {
+                    0 => char::from(rng.u8(0..0x20)),
+                    1 => rng.char('\u{80}'..='\u{10ffff}'),
+                    _ => rng.char(' '..='~'),
+                })
+                .collect()
+        };
+        for _ in 0..2000 {
+            let ts = |rng: &mut fastrand::Rng| Timestamp(rng.u64(0..253_402_300_800_000));
+            let mut r = ExecutionRecord::queued(
+                MessageId::new(),
+                text(&mut rng),
+                serde_json::json!({ "s": text(&mut rng), "n": rng.i64(..) }),
+                rng.u32(..),
+                rng.bool().then(|| text(&mut rng)),
+                ts(&mut rng),
+            );
+            r.attempt = rng.u32(..);
+            r.result = rng.bool().then(|| serde_json::Value::String(text(&mut rng)));
+            r.error = rng.bool().then(|| text(&mut rng));
+            r.progress = rng.bool().then(|| Progress { percent: rng.u8(..), message: text(&mut rng) });
+            r.started_at = rng.bool().then(|| ts(&mut rng));
+            r.finished_at = rng.bool().then(|| ts(&mut rng));
+            r.retry_at = rng.bool().then(|| ts(&mut rng));
+            r.attempts = (0..rng.usize(0..3))
+                .map(|i| AttemptRecord {
+                    attempt: u32::try_from(i).unwrap_or(0),
+                    started_at: ts(&mut rng),
+                    finished_at: ts(&mut rng),
+                    error: rng.bool().then(|| text(&mut rng)),
+                })
+                .collect();
+            r.updated_at = ts(&mut rng);
+            assert_same_json(&r);
+        }
 
         for status in [
             ExecutionStatus::Queued,
