@@ -804,3 +804,43 @@ async fn tls_with_a_private_ca_works_and_an_unknown_ca_is_refused() {
     .await;
     assert!(plain.is_err(), "plain text to a TLS port");
 }
+
+/// The runtime reaches a `rediss://` server from its configuration alone (the URL and the CA
+/// file that `REDIS_URL` and `REDIS_TLS_CA_FILE` set): its queue and its store work over TLS.
+/// Without the CA it does not start, and the error names the server and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_configured_for_rediss_works_over_tls() {
+    use netscript_runtime::config::BrokerUrl;
+    use netscript_runtime::{QueueProvider, Runtime};
+
+    let server = TlsRedis::start();
+    let build = |ca: Option<std::path::PathBuf>| {
+        let url = server.url();
+        Runtime::builder()
+            .ignore_env()
+            .provider(QueueProvider::Redis)
+            .configure(move |c| {
+                c.brokers.redis = Some(BrokerUrl::new(url));
+                c.brokers.redis_tls_ca = ca;
+                c.namespace = "tls_runtime".into();
+            })
+            .build()
+    };
+    let rt = build(Some(server.ca())).await.expect("a runtime over TLS with the test's CA");
+    assert_eq!(rt.queue().provider(), "redis");
+    rt.queue().enqueue(vec![msg(1)]).await.unwrap();
+    let claimed = rt.queue().claim(request(10)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(rt.queue().settle_one(Settlement::Ack(claimed[0].lease)).await.unwrap(), Settled::Ok);
+    let key = Key::from(("tls", "runtime"));
+    rt.store().kv().set(key.clone(), b"over TLS".to_vec()).await.unwrap();
+    assert_eq!(rt.store().kv().get(&key).await.unwrap().unwrap().value, b"over TLS");
+    drop(rt);
+
+    let refused = match build(None).await {
+        Ok(_) => panic!("a runtime trusted a server whose CA nobody gave it"),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains(&format!("127.0.0.1:{}", server.port)), "{refused}");
+    assert!(refused.contains("UnknownIssuer"), "the reason is the certificate: {refused}");
+}
