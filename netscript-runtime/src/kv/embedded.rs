@@ -55,70 +55,53 @@ fn now_millis() -> i64 {
     millis(Timestamp::now())
 }
 
-/// An atomic write on its way to the writer thread.
-pub(crate) struct PreparedWrite {
-    write: AtomicWrite,
+/// The mutations of `write` in `ranges` (indexes into its mutations), without its checks.
+pub(crate) fn subset(write: &AtomicWrite, ranges: impl Iterator<Item = std::ops::Range<usize>>) -> AtomicWrite {
+    let mut mutations = Vec::new();
+    for r in ranges {
+        mutations.extend_from_slice(&write.mutations[r]);
+    }
+    AtomicWrite { checks: Vec::new(), mutations }
 }
 
-impl PreparedWrite {
-    pub(crate) fn new(write: AtomicWrite) -> Self {
-        Self { write }
+/// Sends the committed changes of `write` to the watchers: every set, and the deletes (by
+/// index in its mutations) that removed something.
+fn publish(
+    write: &AtomicWrite,
+    events: &broadcast::Sender<(Vec<u8>, KvEvent)>,
+    stamp: Versionstamp,
+    now: Timestamp,
+    deleted: &[usize],
+) {
+    if events.receiver_count() == 0 {
+        return;
     }
-
-    /// The mutations in `ranges` (indexes into the write's mutations), without checks.
-    pub(crate) fn subset(&self, ranges: impl Iterator<Item = std::ops::Range<usize>>) -> Self {
-        let mut mutations = Vec::new();
-        for r in ranges {
-            mutations.extend_from_slice(&self.write.mutations[r]);
-        }
-        Self { write: AtomicWrite { checks: Vec::new(), mutations } }
-    }
-
-    /// Whether it changes nothing.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.write.mutations.is_empty()
-    }
-
-    /// Sends the committed changes to the watchers: every set, and the deletes (by index in
-    /// `mutations`) that removed something.
-    fn publish(
-        &self,
-        events: &broadcast::Sender<(Vec<u8>, KvEvent)>,
-        stamp: Versionstamp,
-        now: Timestamp,
-        deleted: &[usize],
-    ) {
-        if events.receiver_count() == 0 {
-            return;
-        }
-        for (i, m) in self.write.mutations.iter().enumerate() {
-            let event = match m {
-                Mutation::Set { key, value, ttl } => KvEvent::Set(Entry {
-                    key: key.clone(),
-                    value: value.clone(),
-                    versionstamp: stamp,
-                    expires_at: ttl.map(|t| now.plus(t)),
-                }),
-                Mutation::Delete { key } if deleted.binary_search(&i).is_ok() => KvEvent::Deleted(key.clone()),
-                Mutation::Delete { .. } => continue,
-            };
-            // A receiver that left meanwhile is fine.
-            let _ = events.send((m.key().encode(), event));
-        }
+    for (i, m) in write.mutations.iter().enumerate() {
+        let event = match m {
+            Mutation::Set { key, value, ttl } => KvEvent::Set(Entry {
+                key: key.clone(),
+                value: value.clone(),
+                versionstamp: stamp,
+                expires_at: ttl.map(|t| now.plus(t)),
+            }),
+            Mutation::Delete { key } if deleted.binary_search(&i).is_ok() => KvEvent::Deleted(key.clone()),
+            Mutation::Delete { .. } => continue,
+        };
+        // A receiver that left meanwhile is fine.
+        let _ = events.send((m.key().encode(), event));
     }
 }
 
-/// Applies `prepared` inside `tx` if every check holds: `Some(versionstamp)`, or `None` (nothing
+/// Applies `write` inside `tx` if every check holds: `Some(versionstamp)`, or `None` (nothing
 /// written). Watchers hear of it once the transaction commits.
 pub(crate) fn apply(
     tx: &Tx<'_>,
-    prepared: &Arc<PreparedWrite>,
+    write: &Arc<AtomicWrite>,
     events: &broadcast::Sender<(Vec<u8>, KvEvent)>,
 ) -> Result<Option<Versionstamp>, OpError> {
     let conn = tx.conn();
     let now_ts = Timestamp::now();
     let now = millis(now_ts);
-    let write = &prepared.write;
     if !write.checks.is_empty() {
         let mut current = conn
             .prepare_cached("SELECT versionstamp FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)")?;
@@ -151,9 +134,9 @@ pub(crate) fn apply(
         }
     }
     if !write.mutations.is_empty() {
-        let (prepared, events) = (Arc::clone(prepared), events.clone());
+        let (write, events) = (Arc::clone(write), events.clone());
         // Built after the commit, and only for watchers subscribed by then.
-        tx.after_commit(move || prepared.publish(&events, stamp, now_ts, &deleted));
+        tx.after_commit(move || publish(&write, &events, stamp, now_ts, &deleted));
     }
     Ok(Some(stamp))
 }
@@ -218,8 +201,8 @@ impl Kv for EmbeddedKv {
 
     async fn atomic(&self, write: AtomicWrite) -> Result<Option<Versionstamp>, KvError> {
         let events = self.db.kv_events().clone();
-        let prepared = Arc::new(PreparedWrite::new(write));
-        self.db.call(move |tx| apply(tx, &prepared, &events)).await.map_err(kv_error)
+        let write = Arc::new(write);
+        self.db.call(move |tx| apply(tx, &write, &events)).await.map_err(kv_error)
     }
 
     async fn list(&self, options: ListOptions) -> Result<Vec<Entry>, KvError> {

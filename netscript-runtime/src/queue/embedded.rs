@@ -29,7 +29,7 @@ use super::{
 };
 use crate::embedded::{Counter, EmbeddedDb, EmbeddedError, OpError, Tx, wake};
 use crate::kv::AtomicWrite;
-use crate::kv::embedded::{EmbeddedKv, PreparedWrite, apply as kv_apply};
+use crate::kv::embedded::{EmbeddedKv, apply as kv_apply, subset};
 use crate::time::Timestamp;
 
 const BACKEND: &str = "embedded";
@@ -465,7 +465,7 @@ impl EmbeddedQueue {
             merged.mutations.extend(w.mutations);
             parts.push(start..merged.mutations.len());
         }
-        let merged = Arc::new(PreparedWrite::new(merged));
+        let merged = Arc::new(merged);
         let enqueue = self.prepare_enqueue(messages);
         // A request may run more than once (its batch retried): each run registers a hook,
         // and the one of the run that commits takes `on_commit`.
@@ -478,9 +478,9 @@ impl EmbeddedQueue {
                     kv_apply(tx, &merged, &events)?;
                 } else {
                     let kept = out.iter().zip(&parts).filter(|(o, _)| created(o)).map(|(_, p)| p.clone());
-                    let subset = merged.subset(kept);
-                    if !subset.is_empty() {
-                        kv_apply(tx, &Arc::new(subset), &events)?;
+                    let created_only = subset(&merged, kept);
+                    if !created_only.mutations.is_empty() {
+                        kv_apply(tx, &Arc::new(created_only), &events)?;
                     }
                 }
                 let (hook, outcomes) = (Arc::clone(&on_commit), out.clone());
