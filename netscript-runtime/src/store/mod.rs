@@ -41,8 +41,8 @@ impl FeedRecord {
 
     /// The record as JSON (the API's shape), encoded by the first caller.
     pub fn json(&self) -> &str {
-        // A record is plain data: serializing it cannot fail.
-        self.json.get_or_init(|| serde_json::to_string(&self.record).unwrap_or_default().into_boxed_str())
+        // The store's own encoder: the same bytes as the derived serializer, and always UTF-8.
+        self.json.get_or_init(|| String::from_utf8(encode(&self.record)).unwrap_or_default().into_boxed_str())
     }
 }
 
