@@ -77,7 +77,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::memory::DEFAULT_IDEMPOTENCY_WINDOW;
 use super::{
-    Cancelled, ClaimRequest, DeadLetter, Delivery, Enqueued, Lease, MessageId, NewMessage, Queue, QueueError,
+    Cancelled, ClaimRequest, DeadLetter, Delivery, Enqueued, IdMap, Lease, MessageId, NewMessage, Queue, QueueError,
     QueueStats, Settled, Settlement,
 };
 use crate::postgres::{BACKEND, PostgresDb, PostgresError, QueueWaker};
@@ -221,8 +221,14 @@ impl Sql {
                     RETURNING q.id, q.topic, q.kind, q.payload, q.headers, q.priority, q.idempotency_key,
                               q.concurrency_key, q.attempts, q.enqueued_at, q.last_error, q.token
                 )
-                SELECT l.* FROM leased l JOIN picked p ON p.id = l.id
-                ORDER BY p.priority DESC, p.visible_at, p.seq"
+                -- The leased rows, then each picked row's place in claim order (`topic` NULL):
+                -- the caller sorts. Joining `leased` to `picked` here was a nested loop over
+                -- both (generic plan), 10% of the claim's time.
+                SELECT l.*, NULL::int8 FROM leased l
+                UNION ALL
+                SELECT p.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                       row_number() OVER (ORDER BY p.priority DESC, p.visible_at, p.seq)
+                FROM picked p"
             ),
             extend: format!(
                 "WITH s AS (SELECT * FROM unnest($2::uuid[], $3::int8[]) AS s(id, token)),
@@ -725,15 +731,21 @@ impl PostgresQueue {
         })
         .await?;
         drop(client);
-        let mut out = Vec::with_capacity(rows.len());
+        let mut out = Vec::with_capacity(rows.len() / 2);
         let mut corrupt = Vec::new();
+        let mut place = IdMap::default();
         for row in &rows {
+            if let Some(at) = row.try_get::<_, Option<i64>>(12).map_err(|e| self.db.error(&e))? {
+                place.insert(MessageId(row.try_get(0).map_err(|e| self.db.error(&e))?), at);
+                continue;
+            }
             match delivery(row) {
                 Ok(d) => out.push(d),
                 Err(Decode::Message(lease, reason)) => corrupt.push((lease, reason)),
                 Err(Decode::Driver(e)) => return Err(self.db.error(&e)),
             }
         }
+        out.sort_unstable_by_key(|d| place.get(&d.id).copied().unwrap_or(i64::MAX));
         if !corrupt.is_empty() {
             // Undecodable rows go to the dead-letter store with the reason, not to workers.
             for (lease, reason) in &corrupt {
