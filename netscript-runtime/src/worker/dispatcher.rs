@@ -14,7 +14,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{Decision, decide};
-use super::recorder::{End, Event, RecorderSink, Recorders};
+use super::recorder::{End, Event, Recorder, RecorderSink};
 use super::runner::{AttemptOutcome, Runner};
 use crate::job::{ContextParts, JobContext, Registry, StateMap};
 use crate::metrics::{AttemptEnd, Metrics};
@@ -84,7 +84,7 @@ struct Shared {
     states: Arc<StateMap>,
     options: DispatcherOptions,
     runner: Runner,
-    events: Recorders,
+    events: Recorder,
     sink: Arc<RecorderSink>,
     in_flight: Mutex<IdMap<InFlight>>,
     /// Claimed and not yet started, shared by the slots.
@@ -253,16 +253,15 @@ impl Dispatcher {
     /// busy queue costs one claim per batch rather than one per job, and no task is spawned
     /// per job.
     pub async fn run(self, stop: CancellationToken) -> WorkerReport {
-        let shards = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
-        let (recorders, recorder_tasks) = Recorders::start(shards, &self.store, &self.queue, self.options.lease);
+        let (recorder, recorder_task) = Recorder::start(&self.store, &self.queue, self.options.lease);
         let shared = Arc::new(Shared {
             queue: self.queue,
             store: self.store,
             registry: self.registry,
             states: self.states,
             runner: self.runner,
-            sink: Arc::new(RecorderSink(recorders.clone())),
-            events: recorders,
+            sink: Arc::new(RecorderSink(recorder.clone())),
+            events: recorder,
             in_flight: Mutex::new(IdMap::default()),
             buffer: Mutex::new(VecDeque::new()),
             refilling: tokio::sync::Mutex::new(()),
@@ -347,10 +346,8 @@ impl Dispatcher {
         shared.events.send(Event::Shutdown).await;
         report.started = shared.started.load(Ordering::Relaxed);
         drop(shared);
-        for task in recorder_tasks {
-            if let Err(e) = task.await {
-                tracing::error!(error = %e, "execution recorder failed");
-            }
+        if let Err(e) = recorder_task.await {
+            tracing::error!(error = %e, "execution recorder failed");
         }
         report
     }
