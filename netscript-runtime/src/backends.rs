@@ -77,6 +77,26 @@ impl Joint for EmbeddedJoint {
     }
 }
 
+/// The queue and the key-value store of one PostgreSQL database.
+#[cfg(feature = "postgres")]
+struct PostgresJoint {
+    queue: crate::queue::postgres::PostgresQueue,
+    kv: crate::kv::postgres::PostgresKv,
+}
+
+#[cfg(feature = "postgres")]
+#[async_trait::async_trait]
+impl Joint for PostgresJoint {
+    async fn enqueue_with(
+        &self,
+        messages: Vec<NewMessage>,
+        writes: Vec<AtomicWrite>,
+        on_commit: OnCommit,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        self.queue.enqueue_with_kv(&self.kv, messages, writes, on_commit).await
+    }
+}
+
 /// Which backends a build has, by provider.
 fn compiled(provider: QueueProvider) -> Option<&'static str> {
     let (on, feature) = match provider {
@@ -235,11 +255,10 @@ async fn open_postgres(config: &WorkersConfig) -> Result<BackendPair, StartupErr
     })
     .await?;
     let db = Arc::new(db);
-    Ok((
-        Arc::new(crate::queue::postgres::PostgresQueue::new(Arc::clone(&db), &config.queue_name)),
-        Arc::new(crate::kv::postgres::PostgresKv::new(db)),
-        None,
-    ))
+    let queue = crate::queue::postgres::PostgresQueue::new(Arc::clone(&db), &config.queue_name);
+    let kv = crate::kv::postgres::PostgresKv::new(db);
+    let joint = PostgresJoint { queue: queue.clone(), kv: kv.clone() };
+    Ok((Arc::new(queue), Arc::new(kv), Some(Arc::new(joint))))
 }
 
 #[cfg(not(feature = "postgres"))]

@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use netscript_runtime::kv::postgres::PostgresKv;
-use netscript_runtime::kv::{Key, Kv};
+use netscript_runtime::kv::{AtomicWrite, Key, Kv};
 use netscript_runtime::postgres::{PostgresDb, PostgresError, PostgresOptions, SCHEMA_VERSION, redact};
 use netscript_runtime::queue::postgres::PostgresQueue;
-use netscript_runtime::queue::{ClaimRequest, Enqueued, NewMessage, Queue, Settled, Settlement};
+use netscript_runtime::queue::{ClaimRequest, Enqueued, MessageId, NewMessage, Queue, Settled, Settlement};
 
 #[path = "support/postgres_schema.rs"]
 mod postgres_schema;
@@ -94,6 +94,75 @@ impl TopicHint for NewMessage {
         self.topic = "other-topic".into();
         self
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_with_kv_writes_only_with_created_messages_in_one_transaction() {
+    let schema = Schema::new();
+    let db = schema.connect().await;
+    let q = PostgresQueue::new(Arc::clone(&db), "jobs");
+    let kv = PostgresKv::new(Arc::clone(&db));
+    let rec = |id: &MessageId| Key::from(("rec", id.to_string()));
+    q.enqueue_one(msg("first").with_idempotency_key("k")).await.unwrap();
+    let mut watch = kv.watch(&Key::from(("rec",)));
+    let messages = vec![msg("fresh"), msg("again").with_idempotency_key("k"), msg("third")];
+    let ids: Vec<_> = messages.iter().map(|m| m.id).collect();
+    let writes = ids.iter().map(|id| AtomicWrite::new().set(rec(id), b"queued".to_vec())).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = q
+        .enqueue_with_kv(&kv, messages, writes, move |outcomes: &[Enqueued]| tx.send(outcomes.to_vec()).unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Enqueued::Created(id) if id == ids[0]), "{out:?}");
+    assert!(matches!(out[1], Enqueued::Duplicate(_)), "the key is held: {out:?}");
+    assert!(matches!(out[2], Enqueued::Created(id) if id == ids[2]), "{out:?}");
+    assert_eq!(rx.recv().unwrap(), out, "the hook ran with the outcomes");
+    assert!(rx.try_recv().is_err(), "the hook ran once");
+    // The created messages' writes are there, the duplicate's is not.
+    let got = kv.get_many(&[rec(&ids[0]), rec(&ids[1]), rec(&ids[2])]).await.unwrap();
+    assert_eq!(got[0].as_ref().unwrap().value, b"queued");
+    assert!(got[1].is_none());
+    assert_eq!(got[2].as_ref().unwrap().value, b"queued");
+    // Watchers hear of the writes like any other.
+    let event = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap();
+    assert!(matches!(event, Ok(netscript_runtime::kv::KvEvent::Set(_))), "{event:?}");
+    assert_eq!(q.stats().await.unwrap().ready, 3);
+
+    // A batch the server refuses leaves neither messages nor writes: a value too large for
+    // the notification is fine, a NUL byte in a topic is not valid text.
+    let bad = NewMessage::new("t\0bad", "x", vec![]);
+    let bad_id = bad.id;
+    let good = msg("good");
+    let good_id = good.id;
+    let writes = vec![AtomicWrite::new().set(rec(&good_id), vec![1]), AtomicWrite::new().set(rec(&bad_id), vec![2])];
+    let failed = q.enqueue_with_kv(&kv, vec![good, bad], writes, |_: &[Enqueued]| panic!("no commit"));
+    assert!(failed.await.is_err());
+    assert!(kv.get_many(&[rec(&good_id), rec(&bad_id)]).await.unwrap().iter().all(Option::is_none));
+    assert_eq!(q.stats().await.unwrap().ready, 3);
+    // The connection went back to the pool outside a transaction: the next one commits.
+    let next = msg("next");
+    let next_id = next.id;
+    q.enqueue_with_kv(&kv, vec![next], vec![AtomicWrite::new().set(rec(&next_id), vec![3])], |_: &[Enqueued]| {})
+        .await
+        .unwrap();
+    assert!(kv.get(&rec(&next_id)).await.unwrap().is_some());
+    assert_eq!(q.stats().await.unwrap().ready, 4);
+
+    // A store of another database, unpaired writes, a conditional write or a delete are
+    // refused, and nothing is written.
+    let other_schema = Schema::new();
+    let other = PostgresKv::new(other_schema.connect().await);
+    let refused = q.enqueue_with_kv(&other, vec![msg("x")], vec![AtomicWrite::new()], |_: &[Enqueued]| {});
+    assert!(refused.await.unwrap_err().to_string().contains("own database"));
+    let unpaired = q.enqueue_with_kv(&kv, vec![msg("x")], Vec::new(), |_: &[Enqueued]| {});
+    assert!(unpaired.await.unwrap_err().to_string().contains("1 messages but 0 writes"));
+    let conditional = AtomicWrite::new().check(Key::from(("rec", "c")), None).set(Key::from(("rec", "c")), vec![]);
+    let refused = q.enqueue_with_kv(&kv, vec![msg("x")], vec![conditional], |_: &[Enqueued]| {});
+    assert!(refused.await.unwrap_err().to_string().contains("unconditional sets"));
+    let delete = AtomicWrite::new().delete(Key::from(("rec", "c")));
+    let refused = q.enqueue_with_kv(&kv, vec![msg("x")], vec![delete], |_: &[Enqueued]| {});
+    assert!(refused.await.unwrap_err().to_string().contains("unconditional sets"));
+    assert_eq!(q.stats().await.unwrap().ready, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -351,6 +351,45 @@ impl PostgresKv {
         Ok(out)
     }
 
+    /// The write statement, prepared on `client`: for [`write_sets_in`](Self::write_sets_in),
+    /// prepared before the transaction's requests are pipelined (a statement prepared in the
+    /// middle of them would be sent after the `COMMIT`).
+    pub(crate) async fn write_statement(
+        &self,
+        client: &deadpool_postgres::Object,
+    ) -> Result<tokio_postgres::Statement, PostgresError> {
+        client.prepare_cached(&self.sql.write).await.map_err(|e| self.db.error(&e))
+    }
+
+    /// Writes `write`, unconditional sets only, inside the transaction `client` holds (the
+    /// runtime's joint enqueue: `backends::Joint`); returns the change notifications to send
+    /// once it committed ([`notify_committed`](Self::notify_committed)). The advisory locks
+    /// are taken as a write of sets alone takes them.
+    pub(crate) async fn write_sets_in(
+        &self,
+        client: &deadpool_postgres::Object,
+        statement: &tokio_postgres::Statement,
+        write: AtomicWrite,
+    ) -> Result<Vec<String>, PostgresError> {
+        if write.mutations.is_empty() {
+            return Ok(Vec::new());
+        }
+        debug_assert!(write.checks.is_empty() && write.mutations.iter().all(|m| matches!(m, Mutation::Set { .. })));
+        let err = |e: tokio_postgres::Error| self.db.error(&e);
+        // One write: its keys never clash with another's, so it is one batch.
+        let batch = Batch::split(self.db.schema(), vec![write]).pop().unwrap_or_default();
+        let notify = self.db.kv_watched();
+        let row = client.query_one(statement, &batch.params(&batch.locks, &notify)).await.map_err(err)?;
+        row.try_get(2).map_err(err)
+    }
+
+    /// Sends the change notifications of a write that committed.
+    pub(crate) fn notify_committed(&self, notes: Vec<String>) {
+        for note in notes {
+            self.db.notify(&self.channel, note);
+        }
+    }
+
     /// Commits `batch`, again when the server aborted it to break a deadlock.
     async fn write_retrying(&self, batch: &Batch) -> Result<Vec<Option<Versionstamp>>, KvError> {
         let mut attempt = 0;

@@ -599,41 +599,141 @@ impl PostgresQueue {
     }
 
     async fn enqueue_pooled(&self, messages: Vec<NewMessage>) -> Result<Vec<Enqueued>, PostgresError> {
-        let new_topics: Vec<String> = {
-            let known = self.known_topics.lock().unwrap_or_else(|e| e.into_inner());
-            let mut seen = HashSet::new();
-            messages
-                .iter()
-                .map(|m| m.topic.as_str())
-                .filter(|t| !known.contains(*t) && seen.insert(*t))
-                .map(str::to_owned)
-                .collect()
-        };
         let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
         let keys: Vec<Option<String>> = messages.iter().map(|m| m.idempotency_key.clone()).collect();
-        let args = EnqueueArgs::new(messages, new_topics);
+        let topics = self.new_topics_of(&messages);
+        let args = EnqueueArgs::new(messages, topics);
         let client = self.db.client().await?;
         let stmt = client.prepare_cached(&self.sql.enqueue).await.map_err(|e| self.db.error(&e))?;
         let no_channel = None;
         let params = args.params(&self.name_owned, &no_channel);
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(p, _)| *p).collect();
         let rows = retrying(|| async { client.query(&stmt, &params).await.map_err(|e| self.db.error(&e)) }).await?;
-        if !args.new_topics.is_empty() {
-            self.known_topics.lock().unwrap_or_else(|e| e.into_inner()).extend(args.new_topics.iter().cloned());
+        let out = self.outcomes(&client, &ids, &keys, &rows).await?;
+        self.enqueued(&args.new_topics, &out);
+        Ok(out)
+    }
+
+    /// Enqueues `messages` and, in the same transaction, writes to `kv` the write of each
+    /// message that was created (`writes[i]` goes with `messages[i]`; a duplicate's write is
+    /// not made). `kv` must be the store of this queue's database, and the writes sets without
+    /// checks. `on_commit` runs with the outcomes once the transaction committed, before this
+    /// process's idle workers are woken for the messages.
+    ///
+    /// This is how the runtime writes an execution's queued record with its message: one
+    /// commit instead of two, and no record without its message. Two round trips: `BEGIN`
+    /// with the enqueue, then the created messages' writes with the `COMMIT`.
+    pub async fn enqueue_with_kv(
+        &self,
+        kv: &crate::kv::postgres::PostgresKv,
+        messages: Vec<NewMessage>,
+        writes: Vec<crate::kv::AtomicWrite>,
+        on_commit: impl FnOnce(&[Enqueued]) + Send,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        let refused = |message: String| Err(QueueError::Backend { backend: BACKEND, message });
+        if !Arc::ptr_eq(kv.db(), &self.db) {
+            return refused("enqueue_with_kv needs the key-value store of the queue's own database".into());
         }
-        let out = match self.enqueue_results(&ids, &keys, &rows).map_err(|e| self.db.corrupt(e.to_string()))? {
-            Ok(done) => done,
+        if messages.len() != writes.len() {
+            return refused(format!("enqueue_with_kv: {} messages but {} writes", messages.len(), writes.len()));
+        }
+        let sets_only = |w: &crate::kv::AtomicWrite| {
+            w.checks.is_empty() && w.mutations.iter().all(|m| matches!(m, crate::kv::Mutation::Set { .. }))
+        };
+        if !writes.iter().all(sets_only) {
+            return refused("enqueue_with_kv takes unconditional sets (no checks, no deletes)".into());
+        }
+        if messages.is_empty() {
+            on_commit(&[]);
+            return Ok(Vec::new());
+        }
+        let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
+        let keys: Vec<Option<String>> = messages.iter().map(|m| m.idempotency_key.clone()).collect();
+        let topics = self.new_topics_of(&messages);
+        let args = EnqueueArgs::new(messages, topics);
+        let client = self.db.client().await?;
+        let enqueue = client.prepare_cached(&self.sql.enqueue).await.map_err(|e| self.db.error(&e))?;
+        let write = kv.write_statement(&client).await?;
+        let no_channel = None;
+        let params = args.params(&self.name_owned, &no_channel);
+        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(p, _)| *p).collect();
+        let (out, notes) = retrying(|| async {
+            // Every request of a step is sent before any answer is read.
+            let (begin, rows) = tokio::join!(client.batch_execute("BEGIN"), client.query(&enqueue, &params));
+            let step = async {
+                begin.map_err(|e| self.db.error(&e))?;
+                let rows = rows.map_err(|e| self.db.error(&e))?;
+                self.outcomes(&client, &ids, &keys, &rows).await
+            };
+            let out = match step.await {
+                Ok(out) => out,
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(e);
+                }
+            };
+            let mut created = crate::kv::AtomicWrite::new();
+            for (outcome, w) in out.iter().zip(&writes) {
+                if matches!(outcome, Enqueued::Created(_)) {
+                    created.mutations.extend(w.mutations.iter().cloned());
+                }
+            }
+            // After a failed write, the `COMMIT` rolls back.
+            let (notes, commit) =
+                tokio::join!(kv.write_sets_in(&client, &write, created), client.batch_execute("COMMIT"));
+            let notes = notes?;
+            commit.map_err(|e| self.db.error(&e))?;
+            Ok((out, notes))
+        })
+        .await?;
+        drop(client);
+        on_commit(&out);
+        kv.notify_committed(notes);
+        self.enqueued(&args.new_topics, &out);
+        Ok(out)
+    }
+
+    /// Topics this handle has not enqueued to yet, to add to `queue_topics`.
+    fn new_topics_of(&self, messages: &[NewMessage]) -> Vec<String> {
+        let known = self.known_topics.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = HashSet::new();
+        messages
+            .iter()
+            .map(|m| m.topic.as_str())
+            .filter(|t| !known.contains(*t) && seen.insert(*t))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The outcome per message of an enqueue statement's `rows`, reading the holders of
+    /// idempotency keys that committed after the statement's snapshot.
+    async fn outcomes(
+        &self,
+        client: &deadpool_postgres::Object,
+        ids: &[MessageId],
+        keys: &[Option<String>],
+        rows: &[Row],
+    ) -> Result<Vec<Enqueued>, PostgresError> {
+        match self.enqueue_results(ids, keys, rows).map_err(|e| self.db.corrupt(e.to_string()))? {
+            Ok(done) => Ok(done),
             Err(missing) => {
                 let stmt = client.prepare_cached(&self.sql.idempotency_holders).await.map_err(|e| self.db.error(&e))?;
                 let holders = client.query(&stmt, &[&&*self.name, &missing]).await.map_err(|e| self.db.error(&e))?;
-                self.resolve_holders(&ids, &keys, &rows, &holders).map_err(|e| self.db.corrupt(e.to_string()))?
+                self.resolve_holders(ids, keys, rows, &holders).map_err(|e| self.db.corrupt(e.to_string()))
             }
-        };
+        }
+    }
+
+    /// After an enqueue committed: remembers its topics, wakes this process's waiters and
+    /// notifies the others when it created a message.
+    fn enqueued(&self, new_topics: &[String], out: &[Enqueued]) {
+        if !new_topics.is_empty() {
+            self.known_topics.lock().unwrap_or_else(|e| e.into_inner()).extend(new_topics.iter().cloned());
+        }
         if out.iter().any(|e| matches!(e, Enqueued::Created(_))) {
             self.notify.wake();
             self.db.notify(&self.channel, self.name.to_string());
         }
-        Ok(out)
     }
 
     /// The outcome per message; `Err(keys)` when some keys' holders committed after the
