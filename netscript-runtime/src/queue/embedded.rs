@@ -24,8 +24,8 @@ use tokio::sync::Notify;
 
 use super::memory::DEFAULT_IDEMPOTENCY_WINDOW;
 use super::{
-    Cancelled, ClaimRequest, DeadLetter, Delivery, Enqueued, Lease, MessageId, NewMessage, Queue, QueueError,
-    QueueStats, Settled, Settlement,
+    Cancelled, ClaimRequest, DeadLetter, Delivery, Enqueued, KnownTopics, Lease, MessageId, NewMessage, Queue,
+    QueueError, QueueStats, Settled, Settlement,
 };
 use crate::embedded::{Counter, EmbeddedDb, EmbeddedError, OpError, Tx, wake};
 use crate::kv::AtomicWrite;
@@ -53,7 +53,7 @@ pub struct EmbeddedQueue {
     notify: Arc<Notify>,
     idempotency_window: Duration,
     /// Topics known to be in `queue_topics` (written by a committed enqueue).
-    known_topics: Arc<Mutex<HashSet<String>>>,
+    known_topics: Arc<KnownTopics>,
 }
 
 impl std::fmt::Debug for EmbeddedQueue {
@@ -323,7 +323,7 @@ fn next_due(tx: &Tx<'_>, queue: &str) -> Result<Option<i64>, OpError> {
 struct PreparedEnqueue {
     queue: Arc<str>,
     notify: Arc<Notify>,
-    known_topics: Arc<Mutex<HashSet<String>>>,
+    known_topics: Arc<KnownTopics>,
     /// Topics of `messages` not known to be in `queue_topics` yet.
     new_topics: Vec<String>,
     messages: Vec<NewMessage>,
@@ -397,9 +397,7 @@ impl PreparedEnqueue {
                 add.execute(params![&**queue, t])?;
             }
             let (known_topics, new_topics) = (Arc::clone(&self.known_topics), self.new_topics.clone());
-            tx.after_commit(move || {
-                known_topics.lock().unwrap_or_else(|e| e.into_inner()).extend(new_topics);
-            });
+            tx.after_commit(move || known_topics.remember(new_topics));
         }
         if created {
             let notify = Arc::clone(&self.notify);
@@ -411,16 +409,7 @@ impl PreparedEnqueue {
 
 impl EmbeddedQueue {
     fn prepare_enqueue(&self, messages: Vec<NewMessage>) -> PreparedEnqueue {
-        let new_topics: Vec<String> = {
-            let known = self.known_topics.lock().unwrap_or_else(|e| e.into_inner());
-            let mut seen = HashSet::new();
-            messages
-                .iter()
-                .map(|m| m.topic.as_str())
-                .filter(|t| !known.contains(*t) && seen.insert(*t))
-                .map(str::to_owned)
-                .collect()
-        };
+        let new_topics = self.known_topics.unknown(&messages);
         PreparedEnqueue {
             queue: Arc::clone(&self.name),
             notify: Arc::clone(&self.notify),

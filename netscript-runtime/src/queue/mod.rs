@@ -227,6 +227,30 @@ impl Delivery {
     }
 }
 
+/// The topics a queue handle knows its table of topics to hold (the embedded and PostgreSQL
+/// queues keep one, for claims of every topic): an enqueue writes only the others.
+#[derive(Debug, Default)]
+pub(crate) struct KnownTopics(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl KnownTopics {
+    /// The topics of `messages` not known yet, each once.
+    pub(crate) fn unknown(&self, messages: &[NewMessage]) -> Vec<String> {
+        let known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = std::collections::HashSet::new();
+        messages
+            .iter()
+            .map(|m| m.topic.as_str())
+            .filter(|t| !known.contains(*t) && seen.insert(*t))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Remembers topics that a committed enqueue wrote.
+    pub(crate) fn remember(&self, topics: impl IntoIterator<Item = String>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend(topics);
+    }
+}
+
 /// Which messages to claim.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimRequest {

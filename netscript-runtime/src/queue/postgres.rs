@@ -67,8 +67,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -77,8 +77,8 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::memory::DEFAULT_IDEMPOTENCY_WINDOW;
 use super::{
-    Cancelled, ClaimRequest, DeadLetter, Delivery, Enqueued, IdMap, Lease, MessageId, NewMessage, Queue, QueueError,
-    QueueStats, Settled, Settlement,
+    Cancelled, ClaimRequest, DeadLetter, Delivery, Enqueued, IdMap, KnownTopics, Lease, MessageId, NewMessage, Queue,
+    QueueError, QueueStats, Settled, Settlement,
 };
 use crate::postgres::{BACKEND, PostgresDb, PostgresError, QueueWaker};
 use crate::time::Timestamp;
@@ -419,7 +419,7 @@ pub struct PostgresQueue {
     /// The channel, as the enqueue statement's parameter inside a caller's transaction.
     channel_param: Arc<Option<String>>,
     /// Topics known to be in `queue_topics` (written by a committed enqueue).
-    known_topics: Arc<Mutex<HashSet<String>>>,
+    known_topics: Arc<KnownTopics>,
 }
 
 impl std::fmt::Debug for PostgresQueue {
@@ -575,14 +575,12 @@ impl PostgresQueue {
         // The transaction may roll back: always (re)write the topics, never cache them.
         let mut seen = HashSet::new();
         let topics = messages.iter().map(|m| m.topic.clone()).filter(|t| seen.insert(t.clone())).collect();
-        let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
-        let keys: Vec<Option<String>> = messages.iter().map(|m| m.idempotency_key.clone()).collect();
         let args = EnqueueArgs::new(messages, topics);
         let rows = client
             .query_typed(&self.sql.enqueue, &args.params(&self.name_owned, &self.channel_param))
             .await
             .map_err(|e| self.db.error(&e))?;
-        let out = self.enqueue_results(&ids, &keys, &rows)?;
+        let out = self.enqueue_results(&args, &rows)?;
         Ok(match out {
             Ok(done) => done,
             Err(missing) => {
@@ -593,15 +591,13 @@ impl PostgresQueue {
                     )
                     .await
                     .map_err(|e| self.db.error(&e))?;
-                self.resolve_holders(&ids, &keys, &rows, &holders)?
+                self.resolve_holders(&args, &rows, &holders)?
             }
         })
     }
 
     async fn enqueue_pooled(&self, messages: Vec<NewMessage>) -> Result<Vec<Enqueued>, PostgresError> {
-        let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
-        let keys: Vec<Option<String>> = messages.iter().map(|m| m.idempotency_key.clone()).collect();
-        let topics = self.new_topics_of(&messages);
+        let topics = self.known_topics.unknown(&messages);
         let args = EnqueueArgs::new(messages, topics);
         let client = self.db.client().await?;
         let stmt = client.prepare_cached(&self.sql.enqueue).await.map_err(|e| self.db.error(&e))?;
@@ -609,7 +605,7 @@ impl PostgresQueue {
         let params = args.params(&self.name_owned, &no_channel);
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(p, _)| *p).collect();
         let rows = retrying(|| async { client.query(&stmt, &params).await.map_err(|e| self.db.error(&e)) }).await?;
-        let out = self.outcomes(&client, &ids, &keys, &rows).await?;
+        let out = self.outcomes(&client, &args, &rows).await?;
         self.enqueued(&args.new_topics, &out);
         Ok(out)
     }
@@ -647,9 +643,7 @@ impl PostgresQueue {
             on_commit(&[]);
             return Ok(Vec::new());
         }
-        let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
-        let keys: Vec<Option<String>> = messages.iter().map(|m| m.idempotency_key.clone()).collect();
-        let topics = self.new_topics_of(&messages);
+        let topics = self.known_topics.unknown(&messages);
         let args = EnqueueArgs::new(messages, topics);
         let client = self.db.client().await?;
         let enqueue = client.prepare_cached(&self.sql.enqueue).await.map_err(|e| self.db.error(&e))?;
@@ -663,7 +657,7 @@ impl PostgresQueue {
             let step = async {
                 begin.map_err(|e| self.db.error(&e))?;
                 let rows = rows.map_err(|e| self.db.error(&e))?;
-                self.outcomes(&client, &ids, &keys, &rows).await
+                self.outcomes(&client, &args, &rows).await
             };
             let out = match step.await {
                 Ok(out) => out,
@@ -693,33 +687,20 @@ impl PostgresQueue {
         Ok(out)
     }
 
-    /// Topics this handle has not enqueued to yet, to add to `queue_topics`.
-    fn new_topics_of(&self, messages: &[NewMessage]) -> Vec<String> {
-        let known = self.known_topics.lock().unwrap_or_else(|e| e.into_inner());
-        let mut seen = HashSet::new();
-        messages
-            .iter()
-            .map(|m| m.topic.as_str())
-            .filter(|t| !known.contains(*t) && seen.insert(*t))
-            .map(str::to_owned)
-            .collect()
-    }
-
     /// The outcome per message of an enqueue statement's `rows`, reading the holders of
     /// idempotency keys that committed after the statement's snapshot.
     async fn outcomes(
         &self,
         client: &deadpool_postgres::Object,
-        ids: &[MessageId],
-        keys: &[Option<String>],
+        args: &EnqueueArgs,
         rows: &[Row],
     ) -> Result<Vec<Enqueued>, PostgresError> {
-        match self.enqueue_results(ids, keys, rows).map_err(|e| self.db.corrupt(e.to_string()))? {
+        match self.enqueue_results(args, rows).map_err(|e| self.db.corrupt(e.to_string()))? {
             Ok(done) => Ok(done),
             Err(missing) => {
                 let stmt = client.prepare_cached(&self.sql.idempotency_holders).await.map_err(|e| self.db.error(&e))?;
                 let holders = client.query(&stmt, &[&&*self.name, &missing]).await.map_err(|e| self.db.error(&e))?;
-                self.resolve_holders(ids, keys, rows, &holders).map_err(|e| self.db.corrupt(e.to_string()))
+                self.resolve_holders(args, rows, &holders).map_err(|e| self.db.corrupt(e.to_string()))
             }
         }
     }
@@ -728,7 +709,7 @@ impl PostgresQueue {
     /// notifies the others when it created a message.
     fn enqueued(&self, new_topics: &[String], out: &[Enqueued]) {
         if !new_topics.is_empty() {
-            self.known_topics.lock().unwrap_or_else(|e| e.into_inner()).extend(new_topics.iter().cloned());
+            self.known_topics.remember(new_topics.iter().cloned());
         }
         if out.iter().any(|e| matches!(e, Enqueued::Created(_))) {
             self.notify.wake();
@@ -741,31 +722,24 @@ impl PostgresQueue {
     #[allow(clippy::type_complexity)]
     fn enqueue_results(
         &self,
-        ids: &[MessageId],
-        keys: &[Option<String>],
+        args: &EnqueueArgs,
         rows: &[Row],
     ) -> Result<Result<Vec<Enqueued>, Vec<String>>, QueueError> {
-        match self.resolve(ids, keys, rows, &HashMap::new()) {
+        match self.resolve(args, rows, &HashMap::new()) {
             Ok(out) => Ok(Ok(out)),
             Err(Unresolved::Keys(missing)) => Ok(Err(missing)),
             Err(Unresolved::Error(e)) => Err(e),
         }
     }
 
-    fn resolve_holders(
-        &self,
-        ids: &[MessageId],
-        keys: &[Option<String>],
-        rows: &[Row],
-        holders: &[Row],
-    ) -> Result<Vec<Enqueued>, QueueError> {
+    fn resolve_holders(&self, args: &EnqueueArgs, rows: &[Row], holders: &[Row]) -> Result<Vec<Enqueued>, QueueError> {
         let mut found = HashMap::new();
         for h in holders {
             let key: String = h.try_get(0).map_err(|e| QueueError::from(self.db.error(&e)))?;
             let id: uuid::Uuid = h.try_get(1).map_err(|e| QueueError::from(self.db.error(&e)))?;
             found.insert(key, MessageId(id));
         }
-        match self.resolve(ids, keys, rows, &found) {
+        match self.resolve(args, rows, &found) {
             Ok(out) => Ok(out),
             Err(Unresolved::Keys(missing)) => Err(QueueError::Backend {
                 backend: BACKEND,
@@ -780,11 +754,11 @@ impl PostgresQueue {
 
     fn resolve(
         &self,
-        ids: &[MessageId],
-        keys: &[Option<String>],
+        args: &EnqueueArgs,
         rows: &[Row],
         extra_holders: &HashMap<String, MessageId>,
     ) -> Result<Vec<Enqueued>, Unresolved> {
+        let ids = &args.ids;
         if rows.len() != ids.len() {
             return Err(Unresolved::Error(QueueError::Backend {
                 backend: BACKEND,
@@ -794,21 +768,21 @@ impl PostgresQueue {
         let mut out = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
         let mut seen = HashSet::with_capacity(ids.len());
-        for ((id, key), row) in ids.iter().zip(keys).zip(rows) {
+        for ((id, key), row) in ids.iter().map(|u| MessageId(*u)).zip(&args.idempotency_keys).zip(rows) {
             let get = |e: tokio_postgres::Error| Unresolved::Error(self.db.error(&e).into());
             let created: bool = row.try_get(1).map_err(get)?;
             let holder: Option<uuid::Uuid> = row.try_get(2).map_err(get)?;
             // The same id twice in one batch: the first one counts.
-            if !seen.insert(*id) {
-                out.push(Enqueued::Duplicate(*id));
+            if !seen.insert(id) {
+                out.push(Enqueued::Duplicate(id));
                 continue;
             }
             if created {
-                out.push(Enqueued::Created(*id));
+                out.push(Enqueued::Created(id));
                 continue;
             }
             match (key, holder) {
-                (None, _) => out.push(Enqueued::Duplicate(*id)),
+                (None, _) => out.push(Enqueued::Duplicate(id)),
                 (Some(_), Some(h)) => out.push(Enqueued::Duplicate(MessageId(h))),
                 (Some(k), None) => match extra_holders.get(k) {
                     Some(h) => out.push(Enqueued::Duplicate(*h)),
