@@ -166,6 +166,47 @@ async fn an_enqueue_with_kv_writes_only_with_created_messages_in_one_transaction
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_with_kv_whose_caller_stops_waiting_still_commits_and_frees_its_connection() {
+    let schema = Schema::new();
+    // One connection: the next statement gets the one the abandoned enqueue used.
+    let db = Arc::new(PostgresDb::connect(schema.options().pool_size(1)).await.unwrap());
+    let q = PostgresQueue::new(Arc::clone(&db), "jobs");
+    let kv = PostgresKv::new(Arc::clone(&db));
+    let mut abandoned = 0;
+    for _ in 0..20 {
+        let m = msg("abandoned");
+        let key = Key::from(("rec", m.id.to_string()));
+        let write = AtomicWrite::new().set(key.clone(), b"queued".to_vec());
+        // Given up on somewhere between its first request and its answer.
+        let waited = tokio::time::timeout(
+            Duration::from_micros(fastrand::u64(50..400)),
+            q.enqueue_with_kv(&kv, vec![m], vec![write], |_: &[Enqueued]| {}),
+        )
+        .await;
+        abandoned += usize::from(waited.is_err());
+        // A savepoint is refused outside a transaction block.
+        let client = db.pool().get().await.unwrap();
+        let probe = client.batch_execute("SAVEPOINT probe").await;
+        assert!(probe.is_err(), "the pooled connection was left inside a transaction");
+        drop(client);
+        // The message and its write committed together all the same.
+        let record = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(e) = kv.get(&key).await.unwrap() {
+                    return e;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the abandoned enqueue committed");
+        assert_eq!(record.value, b"queued");
+    }
+    assert!(abandoned > 0, "no enqueue was given up on: the test checked nothing");
+    assert_eq!(q.stats().await.unwrap().ready, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relaxed_settlements_settle_as_usual() {
     let schema = Schema::new();
     let db = Arc::new(PostgresDb::connect(schema.options().relaxed_settlements(true)).await.unwrap());

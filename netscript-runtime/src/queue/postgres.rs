@@ -618,13 +618,16 @@ impl PostgresQueue {
     ///
     /// This is how the runtime writes an execution's queued record with its message: one
     /// commit instead of two, and no record without its message. Two round trips: `BEGIN`
-    /// with the enqueue, then the created messages' writes with the `COMMIT`.
+    /// with the enqueue, then the created messages' writes with the `COMMIT`. The transaction
+    /// runs on a task of its own, so a caller that stops waiting (a timeout, a dropped
+    /// request) never leaves a pooled connection inside an open transaction: it commits or
+    /// rolls back all the same.
     pub async fn enqueue_with_kv(
         &self,
         kv: &crate::kv::postgres::PostgresKv,
         messages: Vec<NewMessage>,
         writes: Vec<crate::kv::AtomicWrite>,
-        on_commit: impl FnOnce(&[Enqueued]) + Send,
+        on_commit: impl FnOnce(&[Enqueued]) + Send + 'static,
     ) -> Result<Vec<Enqueued>, QueueError> {
         let refused = |message: String| Err(QueueError::Backend { backend: BACKEND, message });
         if !Arc::ptr_eq(kv.db(), &self.db) {
@@ -645,19 +648,40 @@ impl PostgresQueue {
         }
         let topics = self.known_topics.unknown(&messages);
         let args = EnqueueArgs::new(messages, topics);
+        let (queue, kv) = (self.clone(), kv.clone());
+        let task = tokio::spawn(async move {
+            let (out, notes) = queue.enqueue_with_kv_tx(&kv, &args, &writes).await?;
+            on_commit(&out);
+            kv.notify_committed(notes);
+            queue.enqueued(&args.new_topics, &out);
+            Ok(out)
+        });
+        task.await
+            .map_err(|e| QueueError::Backend { backend: BACKEND, message: format!("the enqueue task failed: {e}") })?
+    }
+
+    /// The transaction of [`enqueue_with_kv`](Self::enqueue_with_kv), tried again when the
+    /// server aborted it to break a deadlock: the outcomes and the writes' notifications.
+    async fn enqueue_with_kv_tx(
+        &self,
+        kv: &crate::kv::postgres::PostgresKv,
+        args: &EnqueueArgs,
+        writes: &[crate::kv::AtomicWrite],
+    ) -> Result<(Vec<Enqueued>, Vec<String>), PostgresError> {
         let client = self.db.client().await?;
+        // Prepared first: a statement prepared among pipelined requests goes out after them.
         let enqueue = client.prepare_cached(&self.sql.enqueue).await.map_err(|e| self.db.error(&e))?;
         let write = kv.write_statement(&client).await?;
         let no_channel = None;
         let params = args.params(&self.name_owned, &no_channel);
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(p, _)| *p).collect();
-        let (out, notes) = retrying(|| async {
+        retrying(|| async {
             // Every request of a step is sent before any answer is read.
             let (begin, rows) = tokio::join!(client.batch_execute("BEGIN"), client.query(&enqueue, &params));
             let step = async {
                 begin.map_err(|e| self.db.error(&e))?;
                 let rows = rows.map_err(|e| self.db.error(&e))?;
-                self.outcomes(&client, &args, &rows).await
+                self.outcomes(&client, args, &rows).await
             };
             let out = match step.await {
                 Ok(out) => out,
@@ -667,7 +691,7 @@ impl PostgresQueue {
                 }
             };
             let mut created = crate::kv::AtomicWrite::new();
-            for (outcome, w) in out.iter().zip(&writes) {
+            for (outcome, w) in out.iter().zip(writes) {
                 if matches!(outcome, Enqueued::Created(_)) {
                     created.mutations.extend(w.mutations.iter().cloned());
                 }
@@ -679,12 +703,7 @@ impl PostgresQueue {
             commit.map_err(|e| self.db.error(&e))?;
             Ok((out, notes))
         })
-        .await?;
-        drop(client);
-        on_commit(&out);
-        kv.notify_committed(notes);
-        self.enqueued(&args.new_topics, &out);
-        Ok(out)
+        .await
     }
 
     /// The outcome per message of an enqueue statement's `rows`, reading the holders of
