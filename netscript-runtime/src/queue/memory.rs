@@ -183,6 +183,11 @@ impl Queue for MemoryQueue {
         {
             let mut st = self.lock();
             for message in messages {
+                // An id waiting, leased or dead (or earlier in this batch) is taken.
+                if st.messages.contains_key(&message.id) {
+                    out.push(Enqueued::Duplicate(message.id));
+                    continue;
+                }
                 if let Some(key) = &message.idempotency_key {
                     match st.idempotency.get(key) {
                         Some(&(id, None)) => {

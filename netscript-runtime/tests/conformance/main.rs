@@ -313,6 +313,30 @@ async fn queue_topic_stats_count_each_topic(q: Arc<dyn Queue>) {
     assert_eq!(q.topic_stats().await.unwrap()["a"].dead, 1);
 }
 
+async fn queue_taken_ids_are_duplicates(q: Arc<dyn Queue>) {
+    // An id twice in one batch: the first counts.
+    let first = msg("t", "first");
+    let mut twin = msg("t", "twin");
+    twin.id = first.id;
+    let out = q.enqueue(vec![first.clone(), twin, msg("t", "other")]).await.unwrap();
+    assert_eq!(out[0], Enqueued::Created(first.id));
+    assert_eq!(out[1], Enqueued::Duplicate(first.id));
+    assert!(matches!(out[2], Enqueued::Created(_)), "{out:?}");
+    // An id waiting already, and an id in the dead-letter store, are taken.
+    let mut again = msg("t", "again");
+    again.id = first.id;
+    assert_eq!(q.enqueue_one(again).await.unwrap(), Enqueued::Duplicate(first.id));
+    let ds = claim(&q, 10).await;
+    assert_eq!(kinds(&ds), ["first", "other"]);
+    q.settle_one(Settlement::DeadLetter { lease: ds[0].lease, error: "e".into() }).await.unwrap();
+    ack_all(&q, &ds[1..]).await;
+    let mut revived = msg("t", "revived");
+    revived.id = first.id;
+    assert_eq!(q.enqueue_one(revived).await.unwrap(), Enqueued::Duplicate(first.id));
+    let s = q.stats().await.unwrap();
+    assert_eq!((s.ready, s.leased, s.dead), (0, 0, 1), "{s:?}");
+}
+
 async fn queue_dead_letter_and_redrive(q: Arc<dyn Queue>) {
     q.enqueue(vec![msg("t", "a"), msg("t", "b"), msg("t", "c")]).await.unwrap();
     let ds = claim(&q, 3).await;
@@ -853,6 +877,7 @@ macro_rules! conformance {
             queue_case!(queue_extend_keeps_lease);
             queue_case!(queue_retry_with_delay_and_error);
             queue_case!(queue_dead_letter_and_redrive);
+            queue_case!(queue_taken_ids_are_duplicates);
             queue_case!(queue_purge_dead_letters, $crate::PURGE_WINDOW);
             queue_case!(queue_release_gives_attempt_back);
             queue_case!(queue_topic_filter);
