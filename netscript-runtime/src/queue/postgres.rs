@@ -103,6 +103,9 @@ fn micros(d: Duration) -> i64 {
 /// The statements of one schema, built once.
 struct Sql {
     enqueue: String,
+    /// `enqueue` for a batch without idempotency keys, outside a caller's transaction: the
+    /// insert alone, returning the ids it created.
+    enqueue_plain: String,
     idempotency_holders: String,
     claim: String,
     extend: String,
@@ -171,6 +174,26 @@ impl Sql {
                                    AND (x.expires_at IS NULL OR x.expires_at > now()))),
                        (SELECT count(*) FROM woke)
                 FROM input i ORDER BY i.ord"
+            ),
+            enqueue_plain: format!(
+                "WITH input AS (
+                    SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::bytea[], $7::int4[],
+                                         $8::int8[], $9::text[])
+                        WITH ORDINALITY AS i(id, topic, kind, payload, headers, priority, delay_us, ckey, ord)
+                ),
+                new_topics AS (
+                    INSERT INTO {topics} (queue, topic) SELECT $1, t FROM unnest($10::text[]) AS t
+                    ON CONFLICT DO NOTHING
+                )
+                INSERT INTO {m} (id, queue, topic, kind, payload, headers, priority, concurrency_key, visible_at, seq,
+                                 enqueued_at)
+                SELECT id, $1, topic, kind, payload, headers, priority, ckey, now() + delay_us {us}, nextval({seq}), now()
+                FROM input i
+                -- An id in the dead-letter store is taken too.
+                WHERE NOT EXISTS (SELECT 1 FROM {dead} d WHERE d.id = i.id)
+                ORDER BY ord
+                ON CONFLICT (id) DO NOTHING
+                RETURNING id"
             ),
             idempotency_holders: format!(
                 "SELECT key, message_id FROM {idem} WHERE queue = $1 AND key = ANY($2::text[])
@@ -472,6 +495,31 @@ impl EnqueueArgs {
         a
     }
 
+    /// Whether the batch can take `Sql::enqueue_plain` (outside a caller's transaction).
+    fn plain(&self) -> bool {
+        self.idempotency_keys.iter().all(Option::is_none)
+    }
+
+    /// The parameters of `Sql::enqueue_plain` (`plain`) or `Sql::enqueue` (without a channel).
+    fn pooled_params<'a>(&'a self, queue: &'a String, no_channel: &'a Option<String>) -> Vec<&'a (dyn ToSql + Sync)> {
+        if self.plain() {
+            vec![
+                queue,
+                &self.ids,
+                &self.topics,
+                &self.kinds,
+                &self.payloads,
+                &self.headers,
+                &self.priorities,
+                &self.delays,
+                &self.concurrency_keys,
+                &self.new_topics,
+            ]
+        } else {
+            self.params(queue, no_channel).iter().map(|(p, _)| *p).collect()
+        }
+    }
+
     fn params<'a>(&'a self, queue: &'a String, channel: &'a Option<String>) -> [(&'a (dyn ToSql + Sync), Type); 12] {
         [
             (queue, Type::TEXT),
@@ -600,10 +648,9 @@ impl PostgresQueue {
         let topics = self.known_topics.unknown(&messages);
         let args = EnqueueArgs::new(messages, topics);
         let client = self.db.client().await?;
-        let stmt = client.prepare_cached(&self.sql.enqueue).await.map_err(|e| self.db.error(&e))?;
+        let stmt = self.enqueue_statement(&client, &args).await?;
         let no_channel = None;
-        let params = args.params(&self.name_owned, &no_channel);
-        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(p, _)| *p).collect();
+        let params = args.pooled_params(&self.name_owned, &no_channel);
         let rows = retrying(|| async { client.query(&stmt, &params).await.map_err(|e| self.db.error(&e)) }).await?;
         let out = self.outcomes(&client, &args, &rows).await?;
         self.enqueued(&args.new_topics, &out);
@@ -670,11 +717,10 @@ impl PostgresQueue {
     ) -> Result<(Vec<Enqueued>, Vec<String>), PostgresError> {
         let client = self.db.client().await?;
         // Prepared first: a statement prepared among pipelined requests goes out after them.
-        let enqueue = client.prepare_cached(&self.sql.enqueue).await.map_err(|e| self.db.error(&e))?;
+        let enqueue = self.enqueue_statement(&client, args).await?;
         let write = kv.write_statement(&client).await?;
         let no_channel = None;
-        let params = args.params(&self.name_owned, &no_channel);
-        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(p, _)| *p).collect();
+        let params = args.pooled_params(&self.name_owned, &no_channel);
         retrying(|| async {
             // Every request of a step is sent before any answer is read.
             let (begin, rows) = tokio::join!(client.batch_execute("BEGIN"), client.query(&enqueue, &params));
@@ -706,14 +752,43 @@ impl PostgresQueue {
         .await
     }
 
-    /// The outcome per message of an enqueue statement's `rows`, reading the holders of
-    /// idempotency keys that committed after the statement's snapshot.
+    /// The enqueue statement for `args` outside a caller's transaction, prepared on `client`.
+    async fn enqueue_statement(
+        &self,
+        client: &deadpool_postgres::Object,
+        args: &EnqueueArgs,
+    ) -> Result<tokio_postgres::Statement, PostgresError> {
+        let sql = if args.plain() { &self.sql.enqueue_plain } else { &self.sql.enqueue };
+        client.prepare_cached(sql).await.map_err(|e| self.db.error(&e))
+    }
+
+    /// The outcome per message of an enqueue statement's `rows` (`Sql::enqueue_plain`'s for a
+    /// plain batch), reading the holders of idempotency keys that committed after the
+    /// statement's snapshot.
     async fn outcomes(
         &self,
         client: &deadpool_postgres::Object,
         args: &EnqueueArgs,
         rows: &[Row],
     ) -> Result<Vec<Enqueued>, PostgresError> {
+        if args.plain() {
+            // The ids it created; any other (or a repeat within the batch) was taken.
+            let mut created = HashSet::with_capacity(rows.len());
+            for row in rows {
+                created.insert(row.try_get::<_, uuid::Uuid>(0).map_err(|e| self.db.error(&e))?);
+            }
+            return Ok(args
+                .ids
+                .iter()
+                .map(|id| {
+                    if created.remove(id) {
+                        Enqueued::Created(MessageId(*id))
+                    } else {
+                        Enqueued::Duplicate(MessageId(*id))
+                    }
+                })
+                .collect());
+        }
         match self.enqueue_results(args, rows).map_err(|e| self.db.corrupt(e.to_string()))? {
             Ok(done) => Ok(done),
             Err(missing) => {
