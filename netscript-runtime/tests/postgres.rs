@@ -128,17 +128,32 @@ async fn an_enqueue_with_kv_writes_only_with_created_messages_in_one_transaction
     assert!(matches!(event, Ok(netscript_runtime::kv::KvEvent::Set(_))), "{event:?}");
     assert_eq!(q.stats().await.unwrap().ready, 3);
 
-    // A batch the server refuses leaves neither messages nor writes: a value too large for
-    // the notification is fine, a NUL byte in a topic is not valid text.
+    // A batch the server refuses leaves neither messages nor writes, and runs no hook: the
+    // enqueue refused (a NUL byte in a topic is not valid text)...
+    let hooked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hook = |hooked: &Arc<std::sync::atomic::AtomicBool>| {
+        let hooked = Arc::clone(hooked);
+        move |_: &[Enqueued]| hooked.store(true, std::sync::atomic::Ordering::SeqCst)
+    };
     let bad = NewMessage::new("t\0bad", "x", vec![]);
     let bad_id = bad.id;
     let good = msg("good");
     let good_id = good.id;
     let writes = vec![AtomicWrite::new().set(rec(&good_id), vec![1]), AtomicWrite::new().set(rec(&bad_id), vec![2])];
-    let failed = q.enqueue_with_kv(&kv, vec![good, bad], writes, |_: &[Enqueued]| panic!("no commit"));
+    let failed = q.enqueue_with_kv(&kv, vec![good, bad], writes, hook(&hooked));
     assert!(failed.await.is_err());
     assert!(kv.get_many(&[rec(&good_id), rec(&bad_id)]).await.unwrap().iter().all(Option::is_none));
     assert_eq!(q.stats().await.unwrap().ready, 3);
+    // ... or the write refused after the enqueue ran (a key too large for the index): the
+    // messages go with it.
+    let huge = Key::from(("rec", (0..20_000).map(|_| fastrand::alphanumeric()).collect::<String>()));
+    let orphan = msg("orphan");
+    let orphan_id = orphan.id;
+    let writes = vec![AtomicWrite::new().set(huge, vec![3])];
+    let failed = q.enqueue_with_kv(&kv, vec![orphan], writes, hook(&hooked)).await;
+    assert!(failed.unwrap_err().to_string().contains("index row"), "refused by the key's index");
+    assert_eq!(q.stats().await.unwrap().ready, 3, "the message {orphan_id} left without its write");
+    assert!(!hooked.load(std::sync::atomic::Ordering::SeqCst), "a hook ran for a batch that did not commit");
     // The connection went back to the pool outside a transaction: the next one commits.
     let next = msg("next");
     let next_id = next.id;
