@@ -434,16 +434,15 @@ impl EmbeddedQueue {
         writes: Vec<AtomicWrite>,
         on_commit: impl FnOnce(&[Enqueued]) + Send + 'static,
     ) -> Result<Vec<Enqueued>, QueueError> {
-        let refused = |message: String| Err(QueueError::Backend { backend: BACKEND, message });
-        if !Arc::ptr_eq(kv.db(), &self.db) {
-            return refused("enqueue_with_kv needs the key-value store of the queue's own file".into());
-        }
-        if messages.len() != writes.len() {
-            return refused(format!("enqueue_with_kv: {} messages but {} writes", messages.len(), writes.len()));
-        }
-        if writes.iter().any(|w| !w.checks.is_empty()) {
-            return refused("enqueue_with_kv takes unconditional writes (no checks)".into());
-        }
+        super::joint_refusal(
+            BACKEND,
+            Arc::ptr_eq(kv.db(), &self.db),
+            "file",
+            messages.len(),
+            &writes,
+            |w| w.checks.is_empty(),
+            "unconditional writes (no checks)",
+        )?;
         let events = kv.db().kv_events().clone();
         // One write for all the messages (one versionstamp, one hook), cut down on the writer
         // thread to the created messages' parts in the rare batch with duplicates.

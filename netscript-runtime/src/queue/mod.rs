@@ -227,11 +227,40 @@ impl Delivery {
     }
 }
 
+/// What a joint enqueue (`enqueue_with_kv`: a queue and a key-value store in one database)
+/// refuses before it touches the database: a store of another database (`own` names the
+/// queue's: "file", "database"), writes not paired one to one with the messages, and writes
+/// the backend cannot join (`joinable`; `takes` says which it can).
+#[cfg(any(feature = "embedded", feature = "postgres"))]
+pub(crate) fn joint_refusal(
+    backend: &'static str,
+    same_store: bool,
+    own: &str,
+    messages: usize,
+    writes: &[crate::kv::AtomicWrite],
+    joinable: impl Fn(&crate::kv::AtomicWrite) -> bool,
+    takes: &str,
+) -> Result<(), QueueError> {
+    let refused = |message: String| Err(QueueError::Backend { backend, message });
+    if !same_store {
+        return refused(format!("enqueue_with_kv needs the key-value store of the queue's own {own}"));
+    }
+    if messages != writes.len() {
+        return refused(format!("enqueue_with_kv: {messages} messages but {} writes", writes.len()));
+    }
+    if !writes.iter().all(joinable) {
+        return refused(format!("enqueue_with_kv takes {takes}"));
+    }
+    Ok(())
+}
+
 /// The topics a queue handle knows its table of topics to hold (the embedded and PostgreSQL
 /// queues keep one, for claims of every topic): an enqueue writes only the others.
+#[cfg(any(feature = "embedded", feature = "postgres"))]
 #[derive(Debug, Default)]
 pub(crate) struct KnownTopics(std::sync::Mutex<std::collections::HashSet<String>>);
 
+#[cfg(any(feature = "embedded", feature = "postgres"))]
 impl KnownTopics {
     /// The topics of `messages` not known yet, each once.
     pub(crate) fn unknown(&self, messages: &[NewMessage]) -> Vec<String> {

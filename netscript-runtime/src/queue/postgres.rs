@@ -676,19 +676,15 @@ impl PostgresQueue {
         writes: Vec<crate::kv::AtomicWrite>,
         on_commit: impl FnOnce(&[Enqueued]) + Send + 'static,
     ) -> Result<Vec<Enqueued>, QueueError> {
-        let refused = |message: String| Err(QueueError::Backend { backend: BACKEND, message });
-        if !Arc::ptr_eq(kv.db(), &self.db) {
-            return refused("enqueue_with_kv needs the key-value store of the queue's own database".into());
-        }
-        if messages.len() != writes.len() {
-            return refused(format!("enqueue_with_kv: {} messages but {} writes", messages.len(), writes.len()));
-        }
-        let sets_only = |w: &crate::kv::AtomicWrite| {
-            w.checks.is_empty() && w.mutations.iter().all(|m| matches!(m, crate::kv::Mutation::Set { .. }))
-        };
-        if !writes.iter().all(sets_only) {
-            return refused("enqueue_with_kv takes unconditional sets (no checks, no deletes)".into());
-        }
+        super::joint_refusal(
+            BACKEND,
+            Arc::ptr_eq(kv.db(), &self.db),
+            "database",
+            messages.len(),
+            &writes,
+            |w| w.checks.is_empty() && w.mutations.iter().all(|m| matches!(m, crate::kv::Mutation::Set { .. })),
+            "unconditional sets (no checks, no deletes)",
+        )?;
         if messages.is_empty() {
             on_commit(&[]);
             return Ok(Vec::new());
